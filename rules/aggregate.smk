@@ -1,0 +1,67 @@
+rule tables:
+    input:
+        scores=score_files(),
+        evaluations=test_scores(),
+    output:
+        classification_csv=report("results/aggregate/tables/classification.csv", category="Tables", labels={"table": "classification"}),
+        classification_md="results/aggregate/tables/classification.md",
+        summary_csv=report("results/aggregate/tables/summary.csv", category="Tables", labels={"table": "faithfulness summary"}),
+        paired_csv=report("results/aggregate/tables/paired_tests.csv", category="Tables", labels={"table": "paired tests"}),
+        aopc_md="results/aggregate/tables/aopc.md",
+        max_sensitivity_md="results/aggregate/tables/max_sensitivity.md",
+        haas_md="results/aggregate/tables/haas.md",
+    params:
+        aggregate={"seed": config["seed"]},
+        identities=identities(),
+    log:
+        "logs/aggregate/tables.log",
+    benchmark:
+        "benchmarks/aggregate/tables.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow/scripts/tables.py"
+
+
+rule figures:
+    input:
+        scores=score_files(),
+        summary="results/aggregate/tables/summary.csv",
+        classification="results/aggregate/tables/classification.csv",
+    output:
+        morf_png=report("results/aggregate/figures/morf_curves.png", category="Figures", labels={"figure": "MoRF curves"}),
+        morf_pdf="results/aggregate/figures/morf_curves.pdf",
+        sensitivity_png=report("results/aggregate/figures/max_sensitivity.png", category="Figures", labels={"figure": "Max-Sensitivity"}),
+        sensitivity_pdf="results/aggregate/figures/max_sensitivity.pdf",
+        accuracy_png=report("results/aggregate/figures/accuracy_vs_aopc.png", category="Figures", labels={"figure": "accuracy vs AOPC"}),
+        accuracy_pdf="results/aggregate/figures/accuracy_vs_aopc.pdf",
+    log:
+        "logs/aggregate/figures.log",
+    benchmark:
+        "benchmarks/aggregate/figures.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow/scripts/figures.py"
+
+
+rule overlays:
+    input:
+        unpack(overlay_inputs),
+    output:
+        png=report("results/aggregate/figures/overlays/{dataset}/{model}.png", category="Overlays", labels={"dataset": "{dataset}", "model": "{model}"}),
+        pdf="results/aggregate/figures/overlays/{dataset}/{model}.pdf",
+    params:
+        overlay=overlay_params,
+        methods=methods(),
+    log:
+        "logs/aggregate/overlays/{dataset}/{model}.log",
+    benchmark:
+        "benchmarks/aggregate/overlays/{dataset}/{model}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/overlays.py"

@@ -1,0 +1,103 @@
+# Helpers only: config validation, target lists and per-rule config subtrees. No rules here.
+import copy
+
+from snakemake.utils import validate
+
+METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
+
+
+def validate_config():
+    """Schema first (names the wrong key), then the cross-references a schema cannot express."""
+    validate(config, schema=workflow.source_path("../config/schema.yaml"))
+    for dataset, models in config["models"].items():
+        if dataset not in config["datasets"]:
+            raise ValueError(f"config models.{dataset}: no dataset {dataset!r} under datasets ({sorted(config['datasets'])})")
+    for dataset in config["datasets"]:
+        if not config["models"].get(dataset):
+            raise ValueError(f"config datasets.{dataset}: no model under models.{dataset}")
+    if not enabled_metrics():
+        raise ValueError("config metrics: enable at least one of " + ", ".join(METRIC_NAMES))
+
+
+def dataset_models():
+    """Every (dataset, model) pair of the config, in config order."""
+    return [(dataset, model) for dataset, models in config["models"].items() for model in models]
+
+
+def enabled_metrics():
+    return [m for m in METRIC_NAMES if m in config["metrics"] and config["metrics"][m].get("enabled", True)]
+
+
+def methods():
+    return list(config["explain"]["methods"])
+
+
+def test_scores():
+    return [f for dataset, model in dataset_models() for f in expand("results/evaluate/{dataset}/{model}/test_scores.parquet", dataset=dataset, model=model)]
+
+
+def score_files():
+    return [
+        f
+        for dataset, model in dataset_models()
+        for f in expand("results/score/{dataset}/{model}/{method}/{metric}.parquet", dataset=dataset, model=model, method=methods(), metric=enabled_metrics())
+    ]
+
+
+def overlay_figures(extension):
+    return [f for dataset, model in dataset_models() for f in expand("results/aggregate/figures/overlays/{dataset}/{model}.{ext}", dataset=dataset, model=model, ext=extension)]
+
+
+def final_outputs():
+    return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"])
+
+
+# Per-rule config subtrees: each rule sees only what defines its output, so editing one setting
+# re-runs only the jobs that depend on it (Snakemake's params rerun trigger).
+def dataset_source(wildcards):
+    dataset = config["datasets"][wildcards.dataset]
+    return {"source": dataset["source"], "synthetic": dataset.get("synthetic", {})}
+
+
+def index_params(wildcards):
+    dataset = config["datasets"][wildcards.dataset]
+    return {"adapter": dataset["adapter"], **dataset["index"]}
+
+
+def split_params(wildcards):
+    return config["datasets"][wildcards.dataset]["split"]
+
+
+def train_params(wildcards):
+    entry = config["models"][wildcards.dataset][wildcards.model]
+    return {"model": entry["model"], "training": entry["training"], "preprocessing": config["datasets"][wildcards.dataset]["preprocessing"], "device": config["device"]}
+
+
+def evaluate_params(wildcards):
+    return {**config["evaluate"], "device": config["device"]}
+
+
+def explain_params(wildcards):
+    # The method list is left out on purpose: adding a method must not re-run the others.
+    settings = {key: value for key, value in config["explain"].items() if key != "methods"}
+    return {**settings, "device": config["device"]}
+
+
+def score_params(wildcards):
+    settings = {key: value for key, value in config["metrics"][wildcards.metric].items() if key != "enabled"}
+    return {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
+
+
+def overlay_params(wildcards):
+    return {"examples": config["aggregate"]["examples"], "image_size": config["datasets"][wildcards.dataset]["preprocessing"]["image_size"]}
+
+
+def overlay_inputs(wildcards):
+    """Named inputs of an overlay figure: ``maps_<method>`` for every method, plus images and index."""
+    maps = expand("results/explain/{dataset}/{model}/{method}.h5", dataset=wildcards.dataset, model=wildcards.model, method=methods())
+    named = {f"maps_{method}": path for method, path in zip(methods(), maps)}
+    return {**named, "raw": f"results/download/{wildcards.dataset}", "index": f"results/index/{wildcards.dataset}/index.parquet"}
+
+
+def identities():
+    return [{"dataset": dataset, "model": model} for dataset, model in dataset_models()]

@@ -1,0 +1,25 @@
+wildcard_constraints:
+    method="[^/]+",
+
+
+rule explain:
+    input:
+        raw="results/download/{dataset}",
+        index="results/index/{dataset}/index.parquet",
+        split="results/split/{dataset}/split.parquet",
+        model="results/train/{dataset}/{model}/model.pt",
+    output:
+        maps="results/explain/{dataset}/{model}/{method}.h5",
+    params:
+        explain=explain_params,
+    log:
+        "logs/explain/{dataset}/{model}/{method}.log",
+    benchmark:
+        "benchmarks/explain/{dataset}/{model}/{method}.tsv"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    script:
+        "../workflow/scripts/explain.py"

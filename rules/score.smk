@@ -1,0 +1,26 @@
+wildcard_constraints:
+    metric="aopc|max_sensitivity|haas",
+
+
+rule score:
+    input:
+        raw="results/download/{dataset}",
+        index="results/index/{dataset}/index.parquet",
+        split="results/split/{dataset}/split.parquet",
+        model="results/train/{dataset}/{model}/model.pt",
+        maps="results/explain/{dataset}/{model}/{method}.h5",
+    output:
+        scores="results/score/{dataset}/{model}/{method}/{metric}.parquet",
+    params:
+        score=score_params,
+    log:
+        "logs/score/{dataset}/{model}/{method}/{metric}.log",
+    benchmark:
+        "benchmarks/score/{dataset}/{model}/{method}/{metric}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../workflow/scripts/score.py"

@@ -1,0 +1,143 @@
+"""The study's tables from the score files: means with bootstrap intervals, winners, paired tests.
+
+"How sure are we" is answered per cell: a 95 % bootstrap interval of the mean over images, and for
+every pair of methods a Wilcoxon signed-rank test on the per-image differences (the same images and,
+by construction, the same noise for both methods).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# metric → (per-image quantity, True if higher is better)
+DIRECTION = {"aopc": ("aopc", True), "max_sensitivity": ("max_sensitivity", False), "haas": ("haas", True)}
+CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
+
+
+def read_scores(paths: list[str | Path]) -> pd.DataFrame:
+    """All score files concatenated (same schema, see docs/formats.md)."""
+    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+
+
+def classification_table(paths: list[str | Path], identities: list[dict]) -> pd.DataFrame:
+    """``dataset, model, balanced_accuracy, mean_auc, accuracy`` from evaluate outputs."""
+    rows = []
+    for path, identity in zip(paths, identities, strict=True):
+        frame = pd.read_parquet(path)
+        values = frame[frame["class_true"].isna()].set_index("metric")["value"]
+        rows.append({**identity, **{k: float(values[k]) for k in ("balanced_accuracy", "mean_auc", "accuracy")}})
+    return pd.DataFrame(rows)
+
+
+def bootstrap_interval(values: np.ndarray, seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean (NaN for fewer than 2 finite values)."""
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or np.ptp(values) == 0:
+        mean = float(values.mean()) if len(values) else float("nan")
+        return mean, mean
+    result = stats.bootstrap((values,), np.mean, n_resamples=resamples, method="percentile", random_state=seed, vectorized=True)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def per_image(scores: pd.DataFrame) -> pd.DataFrame:
+    """The per-image score rows of AOPC and Max-Sensitivity."""
+    wanted = [quantity for metric, (quantity, _) in DIRECTION.items() if metric != "haas"]
+    return scores[scores["quantity"].isin(wanted)]
+
+
+def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per cell (dataset, model, metric, parameter) and method: ``n, mean, ci_low, ci_high, best``.
+
+    HAAS is a dataset-level ratio, so its cell has the ratio as ``mean`` and no interval. ``best``
+    marks the method with the better mean in its cell (higher AOPC/HAAS, lower Max-Sensitivity).
+    """
+    rows = []
+    for key, group in per_image(scores).groupby(CELL + ["method"], dropna=False, observed=True):
+        values = group["value"].to_numpy(dtype=np.float64)
+        low, high = bootstrap_interval(values, seed)
+        rows.append(dict(zip(CELL + ["method"], key), n=int(np.isfinite(values).sum()), mean=float(np.nanmean(values)), ci_low=low, ci_high=high))
+    haas = scores[scores["quantity"] == "haas"]
+    for _, row in haas.iterrows():
+        images = scores[(scores["quantity"] == "correct_ha") & (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])]
+        rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": len(images), "mean": float(row["value"]), "ci_low": np.nan, "ci_high": np.nan})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["parameter_value"] = table["parameter_value"].astype("float64")
+    higher = table["metric"].map(lambda m: DIRECTION[m][1])
+    signed = np.where(higher, table["mean"], -table["mean"])
+    table["signed"] = signed
+    best = table.groupby(CELL, dropna=False)["signed"].transform("max")
+    table["best"] = table["signed"] == best
+    return table.drop(columns="signed").sort_values(CELL + ["method"]).reset_index(drop=True)
+
+
+def paired_tests(scores: pd.DataFrame) -> pd.DataFrame:
+    """Wilcoxon signed-rank test for every method pair in every cell, paired by image id.
+
+    Columns: cell, ``method_a, method_b, n_pairs, mean_difference`` (a − b) and ``p_value``
+    (two-sided; NaN when all differences are zero or fewer than 2 pairs).
+    """
+    rows = []
+    for key, group in per_image(scores).groupby(CELL, dropna=False, observed=True):
+        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first")
+        for a, b in itertools.combinations(sorted(wide.columns), 2):
+            pair = wide[[a, b]].dropna()
+            diff = (pair[a] - pair[b]).to_numpy()
+            p_value = float("nan")
+            if len(diff) >= 2 and np.any(diff != 0):
+                p_value = float(stats.wilcoxon(pair[a], pair[b], zero_method="wilcox").pvalue)
+            rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff),
+                         "mean_difference": float(diff.mean()) if len(diff) else float("nan"), "p_value": p_value})
+    return pd.DataFrame(rows)
+
+
+def grid_label(scores: pd.DataFrame) -> dict[tuple[str, str, float], str]:
+    """AOPC's region sizes as the study names them: ``(dataset, model, region_px) → "4x4"``."""
+    curves = scores[scores["quantity"] == "probability"]
+    labels = {}
+    for (dataset, model, region), group in curves.groupby(["dataset", "model", "parameter_value"], observed=True):
+        regions = int(group["step"].max())
+        side = int(round(np.sqrt(regions)))
+        labels[(dataset, model, region)] = f"{side}x{side}" if side * side == regions else f"{regions} regions"
+    return labels
+
+
+def markdown_wide(table: pd.DataFrame, metric: str, row_label: str, decimals: int = 2) -> str:
+    """One metric as a Markdown table: a row per parameter value, a column per dataset/model/method,
+    the better method of each cell in bold."""
+    part = table[table["metric"] == metric]
+    if part.empty:
+        return ""
+    columns = sorted({(r.dataset, r.model, r.method) for r in part.itertuples()})
+    header = [row_label] + [f"{d} / {m} / {method}" for d, m, method in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for value, rows in part.groupby("parameter_value", dropna=False):
+        cells = {(r.dataset, r.model, r.method): r for r in rows.itertuples()}
+        label = "—" if pd.isna(value) else f"{value:g}"
+        out = [label]
+        for column in columns:
+            r = cells.get(column)
+            if r is None:
+                out.append("")
+                continue
+            text = f"{r.mean:.{decimals}f}"
+            if np.isfinite(r.ci_low):
+                text += f" [{r.ci_low:.{decimals}f}, {r.ci_high:.{decimals}f}]"
+            out.append(f"**{text}**" if r.best else text)
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(frame: pd.DataFrame, decimals: int = 3) -> str:
+    """A plain Markdown rendering of ``frame`` (floats to ``decimals``)."""
+    header = list(frame.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.{decimals}f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"

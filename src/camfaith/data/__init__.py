@@ -1,0 +1,1 @@
+"""Datasets: generation/download, indexing, splitting and image loading."""

@@ -1,0 +1,102 @@
+"""Image loading: PIL decode, resize and normalise, as a torch Dataset over index rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become model inputs: square resize (aspect not kept, as in the study), then normalise."""
+
+    image_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Preprocessing":
+        return cls(int(config["image_size"]), tuple(config["mean"]), tuple(config["std"]))
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: ``[N, 3, H, W]`` model inputs → pixel values in [0, 1]."""
+        mean = images.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = images.new_tensor(self.std).view(1, -1, 1, 1)
+        return images * std + mean
+
+    def from_unit(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise ``[N, 3, H, W]`` pixel values in [0, 1] into model inputs."""
+        mean = pixels.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = pixels.new_tensor(self.std).view(1, -1, 1, 1)
+        return (pixels - mean) / std
+
+
+def augmentation(config: dict | None) -> v2.Transform | None:
+    """Training augmentation from config keys ``hflip``, ``vflip`` (probabilities) and ``rotation`` (degrees)."""
+    if not config:
+        return None
+    steps: list[v2.Transform] = []
+    if config.get("hflip", 0) > 0:
+        steps.append(v2.RandomHorizontalFlip(config["hflip"]))
+    if config.get("vflip", 0) > 0:
+        steps.append(v2.RandomVerticalFlip(config["vflip"]))
+    if config.get("rotation", 0) > 0:
+        steps.append(v2.RandomRotation(config["rotation"]))
+    return v2.Compose(steps) if steps else None
+
+
+class ImageTable(Dataset):
+    """Items ``(image [3, S, S] float32 normalised, label int, position int)`` for rows of an index."""
+
+    def __init__(self, root: str | Path, rows: pd.DataFrame, preprocessing: Preprocessing, augment: v2.Transform | None = None):
+        self.root = Path(root)
+        self.paths = rows["path"].astype(str).tolist()
+        self.labels = rows["label_index"].astype(int).tolist()
+        self.preprocessing = preprocessing
+        self.augment = augment
+        self.normalize = v2.Normalize(list(preprocessing.mean), list(preprocessing.std))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_unit(self, position: int) -> torch.Tensor:
+        """Image ``[3, S, S]`` in [0, 1] before augmentation and normalisation."""
+        path = self.root / self.paths[position]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except OSError as error:
+            raise OSError(f"cannot read image {path}: {error}") from error
+        tensor = v2.functional.to_dtype(v2.functional.to_image(rgb), torch.float32, scale=True)
+        size = [self.preprocessing.image_size] * 2
+        return v2.functional.resize(tensor, size, antialias=True).clamp_(0, 1)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        image = self.load_unit(position)
+        if self.augment is not None:
+            image = self.augment(image)
+        return self.normalize(image), self.labels[position], position
+
+
+def select_split(index: pd.DataFrame, splits: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Index rows of split ``name``, in ``image_id`` order."""
+    ids = splits.loc[splits["split"] == name, "image_id"]
+    rows = index[index["image_id"].isin(ids)].sort_values("image_id", kind="stable").reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"split {name!r} is empty")
+    return rows
+
+
+def make_loader(table: ImageTable, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader whose shuffling is driven by its own seeded generator (reproducible epochs)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        table, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+        pin_memory=pin_memory, persistent_workers=workers > 0,
+    )

@@ -1,0 +1,112 @@
+"""The index stage: one row per image, unreadable files quarantined (never silently dropped)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = (
+    "image_id", "path", "label", "label_index", "group", "mask_path",
+    "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "official_split",
+)
+OFFICIAL_SPLITS = ("train", "val", "test", "trainval")
+
+
+class QuarantineLimitError(RuntimeError):
+    """More images were unreadable than the configured threshold tolerates."""
+
+
+def read_metadata_csv(root: Path) -> pd.DataFrame:
+    """Adapter for datasets described by ``root/metadata.csv`` (the synthetic dataset's layout).
+
+    Required columns: ``image`` (path relative to root), ``label``, ``group``. Optional: ``mask``,
+    ``bbox_x0..bbox_y1`` (pixels, x1/y1 exclusive) and ``split`` (an official split).
+    """
+    csv_path = root / "metadata.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: metadata CSV missing; is {root} a dataset folder?")
+    table = pd.read_csv(csv_path, dtype={"image": str, "label": str, "group": str, "mask": str, "split": str})
+    missing = {"image", "label", "group"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    rename = {"image": "path", "mask": "mask_path", "split": "official_split"}
+    return table.rename(columns=rename)
+
+
+ADAPTERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "metadata_csv": read_metadata_csv,
+}
+
+
+def check_image(path: Path) -> str | None:
+    """``None`` if the image decodes completely, else the reason it does not."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.width == 0 or image.height == 0:
+                return "empty image"
+    except FileNotFoundError:
+        return "file missing"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index the dataset under ``root``.
+
+    Returns ``(index, quarantine)``: ``index`` has :data:`INDEX_COLUMNS` (``label_index`` follows the
+    sorted class names; ``image_id`` is the path without suffix), ``quarantine`` has ``path, reason``
+    for every image that could not be decoded. Raises :class:`QuarantineLimitError` when the
+    quarantined fraction exceeds ``max_quarantine_fraction``.
+    """
+    root = Path(root)
+    if adapter not in ADAPTERS:
+        raise ValueError(f"unknown dataset adapter {adapter!r}; known: {sorted(ADAPTERS)}")
+    table = ADAPTERS[adapter](root)
+    duplicated = table["path"][table["path"].duplicated()]
+    if not duplicated.empty:
+        raise ValueError(f"{root}: image path(s) listed twice: {sorted(duplicated)[:5]}")
+    if "official_split" in table:
+        bad = sorted(set(table["official_split"].dropna()) - set(OFFICIAL_SPLITS))
+        if bad:
+            raise ValueError(f"{root}: unknown official split value(s) {bad}; allowed {OFFICIAL_SPLITS}")
+
+    reasons = {path: check_image(root / path) for path in table["path"]}
+    quarantined = [(path, reason) for path, reason in reasons.items() if reason is not None]
+    quarantine = pd.DataFrame(quarantined, columns=["path", "reason"])
+    for path, reason in quarantined:
+        log.warning("quarantined %s: %s", path, reason)
+    fraction = len(quarantined) / max(len(table), 1)
+    log.info("indexed %d images under %s; quarantined %d (%.2f%%)", len(table), root, len(quarantined), 100 * fraction)
+    if fraction > max_quarantine_fraction:
+        raise QuarantineLimitError(
+            f"{len(quarantined)} of {len(table)} images under {root} are unreadable ({fraction:.1%} > "
+            f"max_quarantine_fraction {max_quarantine_fraction:.1%}); first: {quarantined[:3]}"
+        )
+
+    index = table[~table["path"].isin(quarantine["path"])].copy()
+    classes = sorted(index["label"].unique())
+    index["label_index"] = index["label"].map({name: i for i, name in enumerate(classes)}).astype("int64")
+    index["image_id"] = index["path"].map(lambda p: Path(p).with_suffix("").as_posix())
+    for column in INDEX_COLUMNS:
+        if column not in index:
+            index[column] = None
+    index = index[list(INDEX_COLUMNS)].sort_values("image_id", kind="stable").reset_index(drop=True)
+    for column in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
+        index[column] = index[column].astype("Int64")
+    for column in ("mask_path", "official_split", "group", "path", "label", "image_id"):
+        index[column] = index[column].astype("string")
+    return index, quarantine
+
+
+def class_names(index: pd.DataFrame) -> list[str]:
+    """Class names in ``label_index`` order."""
+    pairs = index[["label_index", "label"]].drop_duplicates().sort_values("label_index")
+    return [str(name) for name in pairs["label"]]

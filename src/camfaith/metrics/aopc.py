@@ -1,0 +1,118 @@
+"""AOPC under MoRF: perturb regions in descending order of mean attribution, watch the class probability fall.
+
+For a map upsampled to the input (``H×W``) and a region size ``s`` px, the image is tiled into
+``R×C = ⌈H/s⌉×⌈W/s⌉`` regions (L = R·C; edge regions are smaller when ``s`` does not divide the
+size). Regions are ranked by their mean attribution, ties in row-major order; step ``k`` replaces
+the ``k`` top-ranked regions by uniform noise in [min x, max x] (global over the normalised image),
+cumulatively, so ``x⁰`` is the original and ``x^L`` is all noise. With f the softmax probability of
+the target class, ``AOPC = 1/(L+1) Σ_{k=0..L} (f(x⁰) − f(x^k))``.
+
+``zero_pad`` (the study) averages an edge region as if zero-padded to ``s×s`` (skimage's
+``block_reduce``), which ranks edge regions too low; the default divides by the pixels that exist.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camfaith import postprocess
+from camfaith.metrics.common import chunks, generator, rounded, target_probability, uniform
+
+NOISE_MODES = ("per_step", "per_image")
+
+
+def grid_shape(height: int, width: int, region_px: int) -> tuple[int, int]:
+    """Regions per column and row: ``(⌈H/s⌉, ⌈W/s⌉)``."""
+    return -(-height // region_px), -(-width // region_px)
+
+
+def region_means(saliency: torch.Tensor, region_px: int, zero_pad: bool) -> torch.Tensor:
+    """Mean attribution per region: ``[N, H, W]`` → ``[N, R, C]``."""
+    sums = F.avg_pool2d(saliency.unsqueeze(1), region_px, stride=region_px, ceil_mode=True, divisor_override=1).squeeze(1)
+    if zero_pad:
+        return sums / float(region_px * region_px)
+    ones = torch.ones((1, 1, *saliency.shape[-2:]), dtype=saliency.dtype, device=saliency.device)
+    counts = F.avg_pool2d(ones, region_px, stride=region_px, ceil_mode=True, divisor_override=1).squeeze(1)
+    return sums / counts
+
+
+def region_order(means: torch.Tensor) -> torch.Tensor:
+    """Region indices ``[N, L]`` (row-major ids) from most to least attributed; ties keep row-major order."""
+    return torch.sort(means.flatten(1), dim=1, descending=True, stable=True).indices
+
+
+def pixel_ranks(order: torch.Tensor, height: int, width: int, region_px: int) -> torch.Tensor:
+    """``[N, H, W]``: the position of each pixel's region in the MoRF order (0 = perturbed first)."""
+    n, count = order.shape
+    _, cols = grid_shape(height, width, region_px)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(count, device=order.device).expand(n, count))
+    rows_idx = torch.arange(height, device=order.device) // region_px
+    cols_idx = torch.arange(width, device=order.device) // region_px
+    region_of_pixel = rows_idx[:, None] * cols + cols_idx[None, :]
+    return ranks[:, region_of_pixel]
+
+
+def noise_fill(image: torch.Tensor, order: torch.Tensor, region_px: int, mode: str, seed: int, image_id: str) -> torch.Tensor:
+    """The values that replace each pixel of ``image [C, H, W]`` once its region is perturbed.
+
+    ``per_image``: one noise image, seeded by (seed, image id) and shared by every region size and
+    method. ``per_step``: the region perturbed at step k gets a fresh patch seeded by (seed, image
+    id, region size, k) — the study's re-sampled noise. Noise is U[min(image), max(image)].
+    """
+    channels, height, width = image.shape
+    low, high = image.min(), image.max()
+    if mode == "per_image":
+        return uniform((channels, height, width), low, high, generator(image.device, seed, image_id, "aopc"), image.device)
+    if mode != "per_step":
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {mode!r}")
+    _, cols = grid_shape(height, width, region_px)
+    fill = torch.empty_like(image)
+    for step, region in enumerate(order.tolist(), start=1):
+        top, left = (region // cols) * region_px, (region % cols) * region_px
+        patch = uniform((channels, region_px, region_px), low, high, generator(image.device, seed, image_id, "aopc", region_px, step), image.device)
+        box = fill[:, top : top + region_px, left : left + region_px]
+        box.copy_(patch[:, : box.shape[1], : box.shape[2]])
+    return fill
+
+
+@torch.no_grad()
+def morf_curves(
+    model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor, image_ids: list[str],
+    region_px: int, zero_pad: bool, noise: str, seed: int, batch_size: int, amp: bool = True,
+) -> torch.Tensor:
+    """``f(x^k)`` for k = 0..L: ``[n, L+1]`` float32 for ``images [n, C, H, W]`` and ``saliency [n, H, W]``.
+
+    Perturbed inputs are built on the device batch by batch (never all L+1 copies of all images at
+    once) and pushed through the model ``batch_size`` at a time.
+    """
+    n, _, height, width = images.shape
+    order = region_order(region_means(saliency, region_px, zero_pad))
+    steps = order.shape[1] + 1
+    ranks = pixel_ranks(order, height, width, region_px)
+    fills = torch.stack([noise_fill(images[i], order[i], region_px, noise, seed, image_ids[i]) for i in range(n)])
+    pair_image = torch.arange(n, device=images.device).repeat_interleave(steps)
+    pair_step = torch.arange(steps, device=images.device).repeat(n)
+    probabilities = torch.empty(n * steps, dtype=torch.float32, device=images.device)
+    for part in chunks(n * steps, batch_size):
+        which, step = pair_image[part], pair_step[part]
+        perturbed = (ranks[which] < step.view(-1, 1, 1)).unsqueeze(1)
+        batch = torch.where(perturbed, fills[which], images[which])
+        probabilities[part] = target_probability(model, batch, targets[which], batch_size, amp)
+    return probabilities.view(n, steps)
+
+
+def aopc_from_curves(curves: torch.Tensor, decimals: int | None = None) -> torch.Tensor:
+    """``[n, L+1]`` probabilities → AOPC ``[n]`` = mean_k (f⁰ − f^k); optional study rounding of
+    each probability and of the result."""
+    curves = rounded(curves, decimals)
+    return rounded((curves[:, :1] - curves).mean(dim=1), decimals)
+
+
+def saliency_for(raw_maps: torch.Tensor, post: postprocess.PostProcess, size: tuple[int, int]) -> torch.Tensor:
+    """Post-processed maps at input resolution; AOPC needs them there to rank pixel regions."""
+    if post.upsample == "none" and tuple(raw_maps.shape[-2:]) != tuple(size):
+        raise ValueError("AOPC ranks pixel regions: postprocess.upsample must not be 'none'")
+    return postprocess.apply(raw_maps, post, size)

@@ -1,0 +1,85 @@
+"""Pieces shared by the metrics: image selection, seeded noise, chunked class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from camfaith.io import derive_seed
+
+
+def select(labels: np.ndarray, predictions: np.ndarray, which: str) -> np.ndarray:
+    """Positions of the images a metric uses: ``all``, or ``correct`` (prediction == label)."""
+    if which == "all":
+        return np.arange(len(labels))
+    if which == "correct":
+        return np.flatnonzero(labels == predictions)
+    raise ValueError(f"images must be 'all' or 'correct', got {which!r}")
+
+
+def generator(device: torch.device, *parts: object) -> torch.Generator:
+    """A torch generator on ``device`` seeded by ``parts`` (seed, image id, purpose, step...).
+
+    Seeds never include the CAM method, so every method sees the same noise (a paired comparison).
+    """
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def uniform(shape: tuple[int, ...], low: float | torch.Tensor, high: float | torch.Tensor, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform noise in [low, high) of ``shape`` (float32) from ``gen``."""
+    return low + (high - low) * torch.rand(shape, generator=gen, device=device)
+
+
+def chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+@torch.no_grad()
+def target_probability(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int, amp: bool) -> torch.Tensor:
+    """Softmax probability of ``targets [M]`` for ``images [M, C, H, W]``, in float32, in chunks."""
+    out = torch.empty(len(images), dtype=torch.float32, device=images.device)
+    for part in chunks(len(images), batch_size):
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
+            logits = model(images[part])
+        out[part] = logits.float().softmax(dim=1).gather(1, targets[part].view(-1, 1)).squeeze(1)
+    return out
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, images: torch.Tensor, batch_size: int, amp: bool) -> torch.Tensor:
+    """Argmax class ``[M]`` for ``images [M, C, H, W]``, in chunks."""
+    out = torch.empty(len(images), dtype=torch.int64, device=images.device)
+    for part in chunks(len(images), batch_size):
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
+            out[part] = model(images[part]).argmax(dim=1)
+    return out
+
+
+def rounded(values: torch.Tensor | float, decimals: int | None):
+    """Round half to even to ``decimals`` (the study rounds probabilities and scores); None: unchanged."""
+    if decimals is None:
+        return values
+    if isinstance(values, torch.Tensor):
+        return torch.round(values, decimals=decimals)
+    return round(float(values), decimals)
+
+
+def score_frame(rows: dict[str, list], identity: dict[str, str]) -> pd.DataFrame:
+    """Assemble the long score table: ``rows`` columns plus the constant ``identity`` columns."""
+    from camfaith.metrics import SCORE_COLUMNS
+
+    frame = pd.DataFrame(rows)
+    for key, value in identity.items():
+        frame[key] = value
+    for column in ("label", "target", "prediction", "step"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("dataset", "model", "method", "metric", "protocol", "image_id", "parameter", "quantity"):
+        frame[column] = frame[column].astype("string")
+    frame["parameter_value"] = frame["parameter_value"].astype("float64")
+    frame["value"] = frame["value"].astype("float64")
+    return frame[list(SCORE_COLUMNS)]

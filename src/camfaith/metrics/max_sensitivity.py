@@ -1,0 +1,57 @@
+"""Max-Sensitivity: the largest change of the map under small uniform input noise.
+
+For radius r and S samples, ``y_s = x + u_s`` with ``u_s ~ U[−r, r]`` per element (the L∞ ball),
+drawn with a seed from (seed, image id, r, s) so every method sees the same samples. The map Φ is
+post-processed as configured and upsampled to the input, and
+
+    MaxSens(x) = max_s ‖Φ(x) − Φ(y_s)‖₂  [ / ‖Φ(x)‖₂ when ``normalise`` ]
+
+Each sample costs one forward and one backward that stops at the target layer (:mod:`camfaith.cams`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from camfaith import cams, postprocess
+from camfaith.metrics.common import chunks, generator, uniform
+
+
+def perturbations(image: torch.Tensor, image_id: str, radius: float, samples: int, seed: int) -> torch.Tensor:
+    """``[S, C, H, W]`` noisy copies of ``image [C, H, W]`` (noise seeded per sample)."""
+    noise = torch.stack([
+        uniform(image.shape, -radius, radius, generator(image.device, seed, image_id, "max_sensitivity", radius, s), image.device)
+        for s in range(samples)
+    ])
+    return image.unsqueeze(0) + noise
+
+
+def max_sensitivity(
+    model: nn.Module, layer: nn.Module, method: str, images: torch.Tensor, raw_maps: torch.Tensor, targets: torch.Tensor,
+    image_ids: list[str], radius: float, samples: int, post: postprocess.PostProcess, normalise: bool,
+    clip_range: tuple[torch.Tensor, torch.Tensor] | None, seed: int, batch_size: int, amp: bool = True,
+) -> torch.Tensor:
+    """MaxSens ``[n]`` for ``images [n, C, H, W]`` whose raw maps ``raw_maps [n, h, w]`` were computed
+    for ``targets [n]``. ``clip_range`` (low, high ``[1, C, 1, 1]``) clamps the noisy inputs; None
+    leaves them unclipped (the study). A zero reference map with ``normalise`` gives NaN."""
+    n, _, height, width = images.shape
+    size = (height, width)
+    reference = postprocess.apply(raw_maps, post, size)
+    distances = torch.empty(n, samples, dtype=torch.float32, device=images.device)
+    pair_image = torch.arange(n, device=images.device).repeat_interleave(samples)
+    noisy = torch.cat([perturbations(images[i], image_ids[i], radius, samples, seed) for i in range(n)])
+    if clip_range is not None:
+        noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
+    flat = distances.view(-1)
+    for part in chunks(n * samples, batch_size):
+        which = pair_image[part]
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
+            maps = cams.compute(model, layer, noisy[part], targets[which], [method])[method]
+        perturbed = postprocess.apply(maps, post, size)
+        flat[part] = (perturbed - reference[which]).flatten(1).norm(dim=1)
+    worst = distances.max(dim=1).values
+    if normalise:
+        scale = reference.flatten(1).norm(dim=1)
+        worst = torch.where(scale > 0, worst / torch.where(scale > 0, scale, 1.0), torch.nan)
+    return worst

@@ -1,0 +1,218 @@
+"""Model builders: torchvision ResNet/VGG cut to Conv→Flatten→Linear (the study), →GAP→Linear, or a deeper head.
+
+The study's models are torchvision networks whose classifier is replaced: ResNet's average pool by a
+Flatten and VGG19 cut before its last ReLU and max-pool, so the target layer feeds the class scores
+through one linear map. That is the one setting where HiResCAM is provably faithful and differs from
+Grad-CAM; ``gap`` and ``gap_dense`` heads give the settings where they coincide or neither is faithful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+VGGS = ("vgg11", "vgg16", "vgg19")
+HEADS = ("flatten", "gap", "gap_dense")
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+CHECKPOINT_FORMAT = "camfaith.model/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build. ``cut_after`` names the last trunk module kept: a ResNet stage (``layer3``) or a
+    VGG ``features`` index (``"15"``); ``None`` keeps the whole trunk (VGG: up to its last conv).
+    ``plain_last_block`` replaces the last residual block of the kept trunk by a freshly initialised
+    plain block without skip connection (the study's ResNet variant). ``trainable`` lists module-name
+    prefixes to train (``None``: all); the head is always trained."""
+
+    arch: str
+    num_classes: int
+    input_size: int
+    head: str = "flatten"
+    cut_after: str | None = None
+    plain_last_block: bool = False
+    target_layer: str | None = None
+    weights: str | None = None
+    dense_hidden: int = 256
+    trainable: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict, num_classes: int, input_size: int) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)} - {"num_classes", "input_size"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown model key(s) {unknown}; known: {sorted(known)}")
+        values = {k: v for k, v in config.items() if k in known}
+        if values.get("cut_after") is not None:
+            values["cut_after"] = str(values["cut_after"])
+        if values.get("trainable") is not None:
+            values["trainable"] = tuple(values["trainable"])
+        spec = cls(num_classes=num_classes, input_size=input_size, **values)
+        if spec.arch not in RESNETS + VGGS:
+            raise ValueError(f"unknown arch {spec.arch!r}; known: {RESNETS + VGGS}")
+        if spec.head not in HEADS:
+            raise ValueError(f"unknown head {spec.head!r}; known: {HEADS}")
+        return spec
+
+
+def pretrained_state_dict(weights_name: str) -> dict[str, torch.Tensor]:
+    """State dict of torchvision weights ``weights_name`` (e.g. ``ResNet34_Weights.IMAGENET1K_V1``).
+
+    Uses the torch hub cache; when the file is absent and cannot be downloaded, the error names the
+    file, the cache folder and the URL, so it can be placed there by hand on an offline machine.
+    """
+    weights = torchvision.models.get_weight(weights_name)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    path = cache / Path(urlparse(weights.url).path).name
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (URLError, OSError, RuntimeError) as error:
+        raise FileNotFoundError(
+            f"pretrained weights {weights_name}: file {path.name} is not in the torch hub cache folder {cache} "
+            f"and could not be downloaded ({error}). Fetch {weights.url} where there is internet and place it at "
+            f"{path} (or point TORCH_HOME at a folder whose checkpoints/ holds it)."
+        ) from error
+
+
+def _plain_block(block: nn.Module) -> nn.Sequential:
+    """The study's replacement for a ResNet block: same channels, no skip connection, fresh weights.
+
+    BasicBlock → conv3x3-bn-relu-conv3x3 (ResNet34 in the study); Bottleneck → conv1x1-bn-conv3x3-bn-
+    conv1x1 with no ReLU at all (ResNet50 in the study).
+    """
+    if isinstance(block, torchvision.models.resnet.BasicBlock):
+        c_in, c_out = block.conv1.in_channels, block.conv2.out_channels
+        return nn.Sequential(OrderedDict(
+            conv1=nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), bn1=nn.BatchNorm2d(c_out),
+            relu=nn.ReLU(inplace=True), conv2=nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        ))
+    c_in, width, c_out = block.conv1.in_channels, block.conv2.out_channels, block.conv3.out_channels
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(c_in, width, 1, bias=False), bn1=nn.BatchNorm2d(width),
+        conv2=nn.Conv2d(width, width, 3, padding=1, bias=False), bn2=nn.BatchNorm2d(width),
+        conv3=nn.Conv2d(width, c_out, 1, bias=False),
+    ))
+
+
+def _head(spec: ModelSpec, channels: int, height: int, width: int) -> tuple[nn.Module, nn.Module]:
+    """(pool, classifier) pair for the head named in ``spec``."""
+    if spec.head == "flatten":
+        return nn.Identity(), nn.Linear(channels * height * width, spec.num_classes)
+    if spec.head == "gap":
+        return nn.AdaptiveAvgPool2d(1), nn.Linear(channels, spec.num_classes)
+    return nn.AdaptiveAvgPool2d(1), nn.Sequential(
+        nn.Linear(channels, spec.dense_hidden), nn.ReLU(inplace=True), nn.Linear(spec.dense_hidden, spec.num_classes)
+    )
+
+
+@torch.no_grad()
+def _trunk_shape(trunk_forward, input_size: int) -> tuple[int, int, int]:
+    out = trunk_forward(torch.zeros(1, 3, input_size, input_size))
+    return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A torchvision model cut and re-headed as ``spec`` says, in eval mode on the CPU."""
+    model = torchvision.models.get_model(spec.arch, weights=None)
+    if spec.weights:
+        model.load_state_dict(pretrained_state_dict(spec.weights))
+    if spec.arch in RESNETS:
+        cut = spec.cut_after or "layer4"
+        if cut not in RESNET_STAGES:
+            raise ValueError(f"cut_after for {spec.arch} must be one of {RESNET_STAGES}, got {cut!r}")
+        for stage in RESNET_STAGES[RESNET_STAGES.index(cut) + 1 :]:
+            setattr(model, stage, nn.Identity())
+        if spec.plain_last_block:
+            stage = getattr(model, cut)
+            stage[-1] = _plain_block(stage[-1])
+        model.avgpool, model.fc = nn.Identity(), nn.Identity()
+        model.eval()
+        flat = _trunk_shape(lambda x: _resnet_trunk(model, x), spec.input_size)
+        model.avgpool, model.fc = _head(spec, *flat)
+    else:
+        if spec.plain_last_block:
+            raise ValueError("plain_last_block applies to ResNets only")
+        convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+        cut = int(spec.cut_after) if spec.cut_after is not None else convs[-1]
+        if not 0 <= cut < len(model.features):
+            raise ValueError(f"cut_after for {spec.arch} must index features (0..{len(model.features) - 1}), got {cut}")
+        model.features = model.features[: cut + 1]
+        flat = _trunk_shape(model.features, spec.input_size)
+        model.avgpool, model.classifier = _head(spec, *flat)
+    if spec.trainable is not None:
+        head = ("fc",) if spec.arch in RESNETS else ("classifier",)
+        prefixes = tuple(spec.trainable) + head
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(prefixes))
+    return model.eval()
+
+
+def _resnet_trunk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def default_target_layer(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` in module order (the study's target layer)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not names:
+        raise ValueError("model has no Conv2d layer to explain")
+    return names[-1]
+
+
+def resolve_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the target layer; ``None`` means :func:`default_target_layer`."""
+    name = name or default_target_layer(model)
+    modules = dict(model.named_modules())
+    if name not in modules:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-5:]
+        raise KeyError(f"target layer {name!r} not found in the model; its last conv layers are {convs}")
+    return name, modules[name]
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, classes: list[str], preprocessing: dict, extra: dict | None = None) -> None:
+    """Write the trained model: spec, class names, preprocessing and weights (see docs/formats.md)."""
+    from camfaith.io import atomic_path
+
+    payload = {
+        "format": CHECKPOINT_FORMAT, "spec": dataclasses.asdict(spec), "classes": list(classes),
+        "preprocessing": dict(preprocessing), "state_dict": model.state_dict(), "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec, list[str], dict]:
+    """``(model in eval mode on device, spec, class names, preprocessing)`` from :func:`save_checkpoint`'s file."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a camfaith model checkpoint (format {CHECKPOINT_FORMAT})")
+    spec_values = dict(payload["spec"])
+    spec_values["weights"] = None  # the trained weights below replace any pretrained start
+    if spec_values.get("trainable") is not None:
+        spec_values["trainable"] = tuple(spec_values["trainable"])
+    spec = ModelSpec(**spec_values)
+    model = build_model(spec)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), spec, payload["classes"], payload["preprocessing"]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)

@@ -1,0 +1,278 @@
+"""One function per pipeline stage, on paths and config subtrees. Rule scripts call exactly one.
+
+These are the seams later work plugs into: a new dataset source is a ``download`` branch plus an
+index adapter, a new method a :data:`camfaith.cams.COMBINE` entry, a new metric a ``score`` branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from camfaith import cams, postprocess
+from camfaith.data import index as index_stage
+from camfaith.data import split as split_stage
+from camfaith.data import synthetic
+from camfaith.data.images import ImageTable, Preprocessing, select_split
+from camfaith.evaluation import classification_scores
+from camfaith.io import atomic_path, package_versions, sha256_file
+from camfaith.metrics import aopc as aopc_metric
+from camfaith.metrics import common, haas as haas_metric, max_sensitivity as maxsens_metric, resolve
+from camfaith.models import ModelSpec, build_model, load_checkpoint, pick_device, resolve_layer, save_checkpoint
+from camfaith.store import MapSet, read_maps, write_maps, write_table
+from camfaith.training import TrainConfig, fingerprint, predict, train
+
+log = logging.getLogger(__name__)
+
+
+def download(dataset: dict, out_dir: str | Path) -> None:
+    """Materialise the raw dataset in ``out_dir``. Sources: ``synthetic`` (generated from a seed)."""
+    out_dir = Path(out_dir)
+    source = dataset.get("source")
+    if source != "synthetic":
+        raise ValueError(f"dataset source {source!r} is not supported yet (only 'synthetic')")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    spec = synthetic.SyntheticSpec.from_config(dataset.get("synthetic", {}))
+    synthetic.generate(spec, staging)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)  # the folder appears whole or not at all
+    log.info("generated synthetic dataset %s in %s", spec, out_dir)
+
+
+def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_path: str | Path) -> None:
+    """Index ``raw_dir`` into Parquet; unreadable images go to the quarantine table (also Parquet)."""
+    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"])
+    write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
+    write_table(table, index_path, {"classes": index_stage.class_names(table)})
+
+
+def split(index_path: str | Path, params: dict, split_path: str | Path) -> None:
+    """Grouped, stratified, deterministic split of the index (``train/val/test`` per image)."""
+    table = pd.read_parquet(index_path)
+    frame = split_stage.assign_splits(table, params["fractions"], params["seed"], params.get("honour_official", True))
+    log.info("split sizes per class:\n%s", split_stage.split_summary(frame))
+    write_table(frame, split_path)
+
+
+def _preprocessing(params: dict) -> Preprocessing:
+    return Preprocessing.from_config(params["preprocessing"])
+
+
+def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | Path, params: dict,
+                model_path: str | Path, history_path: str | Path, resume_path: str | Path) -> None:
+    """Train one model; ``params`` holds ``model``, ``training``, ``preprocessing`` and ``device``."""
+    table, splits = pd.read_parquet(index_path), pd.read_parquet(split_path)
+    classes = index_stage.class_names(table)
+    preprocessing = _preprocessing(params)
+    spec = ModelSpec.from_config(params["model"], len(classes), preprocessing.image_size)
+    config = TrainConfig.from_config(params["training"])
+    device = pick_device(params.get("device", "auto"))
+    torch.manual_seed(config.seed)  # fresh layers are initialised from this seed
+    model = build_model(spec)
+    tables = {name: ImageTable(raw_dir, select_split(table, splits, name), preprocessing) for name in ("train", "val")}
+    key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path))
+    log.info("training %s on %s (%d train / %d val images, %d classes)", spec.arch, device, len(tables["train"]), len(tables["val"]), len(classes))
+    best, history = train(model, tables["train"], tables["val"], config, resume_path, device, key, len(classes))
+    model.load_state_dict(best)
+    save_checkpoint(model_path, model.cpu(), spec, classes, params["preprocessing"], {"fingerprint": key})
+    write_table(history, history_path)
+    Path(resume_path).unlink(missing_ok=True)
+
+
+def _test_table(raw_dir, index_path, split_path, preprocessing: Preprocessing) -> ImageTable:
+    return ImageTable(raw_dir, select_split(pd.read_parquet(index_path), pd.read_parquet(split_path), "test"), preprocessing)
+
+
+def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_path) -> None:
+    """Balanced accuracy, mean AUC, recalls and confusion matrix on the test split."""
+    device = pick_device(params.get("device", "auto"))
+    model, _, classes, prep = load_checkpoint(model_path, device)
+    test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
+    loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
+    logits, labels, _ = predict(model, loader, device, params.get("amp", True))
+    frame = classification_scores(logits, labels, classes)
+    log.info("test scores:\n%s", frame[frame["class_pred"].isna()].to_string(index=False))
+    write_table(frame, scores_path, {"model": str(model_path), "images": len(labels)})
+
+
+def explain(raw_dir, index_path, split_path, model_path, method: str, params: dict, maps_path, identity: dict) -> None:
+    """Raw maps of ``method`` for every test image, with what the metrics need, into HDF5."""
+    device = pick_device(params.get("device", "auto"))
+    model, spec, classes, prep = load_checkpoint(model_path, device)
+    layer_name, layer = resolve_layer(model, spec.target_layer)
+    test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
+    loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
+    target_mode = params.get("target", "label")
+    if target_mode not in ("label", "predicted"):
+        raise ValueError(f"explain.target must be 'label' or 'predicted', got {target_mode!r}")
+    amp = params.get("amp", True) and device.type == "cuda"
+    parts: dict[str, list] = {"maps": [], "logits": [], "targets": [], "labels": []}
+    for images, labels, _ in loader:
+        images = images.to(device, non_blocking=True)
+        targets = labels.to(device) if target_mode == "label" else None
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            activations, gradients, logits, used = cams.activations_and_gradients(model, layer, images, targets)
+        parts["maps"].append(cams.combine(activations, gradients, [method])[method].cpu())
+        parts["logits"].append(logits.float().cpu())
+        parts["targets"].append(used.cpu())
+        parts["labels"].append(labels)
+    logits = torch.cat(parts["logits"])
+    maps = MapSet(
+        maps=torch.cat(parts["maps"]).numpy(), image_ids=select_ids(test),
+        labels=torch.cat(parts["labels"]).numpy(), predictions=logits.argmax(1).numpy(),
+        targets=torch.cat(parts["targets"]).numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(),
+        attrs={**identity, "method": method, "layer": layer_name, "layer_shape": list(parts["maps"][0].shape[1:]),
+               "target_mode": target_mode, "classes": classes, "checkpoint_sha256": sha256_file(model_path),
+               "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device)},
+    )
+    write_maps(maps_path, maps)
+    log.info("%s maps %s for %d images at layer %s", method, maps.maps.shape[1:], len(maps.image_ids), layer_name)
+
+
+def select_ids(table: ImageTable) -> list[str]:
+    """Image ids of an :class:`ImageTable`, in its order (``image_id`` = path without suffix)."""
+    return [Path(p).with_suffix("").as_posix() for p in table.paths]
+
+
+def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, params: dict, scores_path, identity: dict) -> None:
+    """One metric on one method's maps → long Parquet (docs/formats.md). ``params`` holds the metric's
+    config subtree (``settings``, with ``batch_size`` forwards at a time and ``images_per_block``
+    images loaded at a time), ``protocol``, ``seed`` and ``device``."""
+    settings = resolve(metric, params["settings"], params["protocol"])
+    device = pick_device(params.get("device", "auto"))
+    amp = params.get("amp", True) and device.type == "cuda"
+    model, spec, _, prep = load_checkpoint(model_path, device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # scoring never needs parameter gradients
+    preprocessing = Preprocessing.from_config(prep)
+    test = _test_table(raw_dir, index_path, split_path, preprocessing)
+    maps = read_maps(maps_path)
+    if select_ids(test) != maps.image_ids:
+        raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
+    selected = common.select(maps.labels, maps.predictions, settings["images"])
+    post = postprocess.PostProcess.from_config(settings["postprocess"])
+    method = str(maps.attrs["method"])
+    log.info("%s on %d of %d images (%s protocol), settings %s", metric, len(selected), len(maps.image_ids), params["protocol"], settings)
+    rows = {key: [] for key in ("image_id", "label", "target", "prediction", "parameter", "parameter_value", "quantity", "step", "value")}
+
+    def add(position, parameter, parameter_value, quantity, step, value):
+        rows["image_id"].append(None if position is None else maps.image_ids[position])
+        for column, array in (("label", maps.labels), ("target", maps.targets), ("prediction", maps.predictions)):
+            rows[column].append(None if position is None else int(array[position]))
+        rows["parameter"].append(parameter)
+        rows["parameter_value"].append(parameter_value)
+        rows["quantity"].append(quantity)
+        rows["step"].append(step)
+        rows["value"].append(float(value))
+
+    batch_size = settings["batch_size"]
+    loader = DataLoader(Subset(test, selected.tolist()), batch_size=settings["images_per_block"], pin_memory=device.type == "cuda")
+    layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric == "max_sensitivity" else None
+    clip_range = None
+    if metric == "max_sensitivity" and settings.get("clip", False):
+        zeros = torch.zeros(1, 3, 1, 1, device=device)
+        clip_range = (preprocessing.from_unit(zeros), preprocessing.from_unit(zeros + 1))
+    ha_predictions = []
+    for images, _, positions in loader:
+        images = images.to(device, non_blocking=True)
+        positions = positions.numpy()
+        raw = torch.from_numpy(maps.maps[positions]).to(device)
+        targets = torch.from_numpy(maps.targets[positions]).to(device)
+        ids = [maps.image_ids[p] for p in positions]
+        if metric == "aopc":
+            saliency = aopc_metric.saliency_for(raw, post, tuple(images.shape[-2:]))
+            for region_px in settings["region_px"]:
+                curves = aopc_metric.morf_curves(model, images, saliency, targets, ids, region_px, settings["zero_pad"],
+                                                 settings["noise"], params["seed"], batch_size, amp)
+                values = aopc_metric.aopc_from_curves(curves, settings.get("round_decimals"))
+                shown = common.rounded(curves, settings.get("round_decimals")).cpu()
+                for i, position in enumerate(positions):
+                    add(position, "region_px", region_px, "aopc", None, values[i])
+                    for step in range(shown.shape[1]):
+                        add(position, "region_px", region_px, "probability", step, shown[i, step])
+        elif metric == "max_sensitivity":
+            for entry in settings["radii"]:
+                values = maxsens_metric.max_sensitivity(
+                    model, layer, method, images, raw, targets, ids, entry["radius"], entry["samples"], post,
+                    settings["normalise"], clip_range, params["seed"], batch_size, amp)
+                for i, position in enumerate(positions):
+                    add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
+        else:
+            emphasised = haas_metric.ha_images(images, raw, preprocessing, post)
+            ha_predictions.append(common.predict_classes(model, emphasised, batch_size, amp).cpu().numpy())
+    if metric == "haas":
+        predicted = np.concatenate(ha_predictions) if ha_predictions else np.zeros(0, dtype=np.int64)
+        labels, originals = maps.labels[selected], maps.predictions[selected]
+        for i, position in enumerate(selected):
+            add(position, "none", np.nan, "correct_ha", None, float(predicted[i] == labels[i]))
+        value, acc, acc_ha = haas_metric.haas(labels, originals, predicted, settings["accuracy"], settings.get("round_decimals"))
+        for quantity, number in (("accuracy_original", acc), ("accuracy_ha", acc_ha), ("haas", value)):
+            add(None, "none", np.nan, quantity, None, number)
+    frame = common.score_frame(rows, {**identity, "method": method, "metric": metric, "protocol": params["protocol"]})
+    metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
+                "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
+                "layer": str(maps.attrs["layer"]), "package_versions": package_versions()}
+    write_table(frame, scores_path, metadata)
+
+
+def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict) -> None:
+    """The study's tables: classification, AOPC per region size, Max-Sensitivity per radius, HAAS
+    (Markdown, winner in bold) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them."""
+    from camfaith import aggregate as agg
+
+    scores = agg.read_scores(score_paths)
+    classification = agg.classification_table(eval_paths, eval_identities)
+    summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else pd.DataFrame(columns=agg.CELL + ["method", "n", "mean", "ci_low", "ci_high", "best"])
+    paired = agg.paired_tests(scores) if not scores.empty else pd.DataFrame()
+    if not summary.empty:
+        labels = agg.grid_label(scores)
+        summary["grid"] = [labels.get((d, m, v), "") if metric == "aopc" else "" for d, m, metric, v in
+                           zip(summary["dataset"], summary["model"], summary["metric"], summary["parameter_value"])]
+    texts = {
+        "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
+        "aopc_md": "# AOPC (MoRF), higher is better\n\nRows: region size in px; cells: mean [95% bootstrap CI]; best method per model in bold.\n\n"
+                   + (agg.markdown_wide(summary, "aopc", "region px") if not summary.empty else "not run\n"),
+        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nRows: noise radius r.\n\n"
+                              + (agg.markdown_wide(summary, "max_sensitivity", "radius") if not summary.empty else "not run\n"),
+        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n"
+                   + (agg.markdown_wide(summary, "haas", "") if not summary.empty else "not run\n"),
+    }
+    write_csv(classification, out["classification_csv"])
+    write_csv(summary, out["summary_csv"])
+    write_csv(paired, out["paired_csv"])
+    for key, text in texts.items():
+        with atomic_path(out[key]) as tmp:
+            tmp.write_text(text)
+
+
+def write_csv(frame: pd.DataFrame, path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: dict) -> None:
+    """MoRF curves, Max-Sensitivity against radius, balanced accuracy against AOPC; PNG and PDF each."""
+    from camfaith import aggregate as agg
+    from camfaith import plots
+
+    scores = agg.read_scores(score_paths)
+    summary = pd.read_csv(summary_csv)
+    classification = pd.read_csv(classification_csv)
+    plots.save(plots.morf_curves(scores), out["morf_png"], out["morf_pdf"])
+    plots.save(plots.sensitivity_vs_radius(summary), out["sensitivity_png"], out["sensitivity_pdf"])
+    plots.save(plots.accuracy_vs_aopc(summary, classification), out["accuracy_png"], out["accuracy_pdf"])
+
+
+def overlay_figure(maps_paths: dict[str, str], index_path, raw_dir, params: dict, png, pdf) -> None:
+    """Example test images with every method's map and the ground-truth outline."""
+    from camfaith import plots
+
+    table = pd.read_parquet(index_path)
+    plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"]), png, pdf)

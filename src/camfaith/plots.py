@@ -1,0 +1,143 @@
+"""Figures: MoRF curves, Max-Sensitivity against radius, accuracy against AOPC, example overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from camfaith import postprocess  # noqa: E402
+from camfaith.io import atomic_path  # noqa: E402
+from camfaith.store import read_maps  # noqa: E402
+
+METHOD_COLOURS = {"gradcam": "tab:blue", "hirescam": "tab:red", "gradcampp": "tab:green", "xgradcam": "tab:purple"}
+
+
+def save(figure: plt.Figure, *paths: str | Path) -> None:
+    """Save ``figure`` to each path (format from the suffix), atomically, then close it."""
+    for path in paths:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _panels(count: int, columns: int, size: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return figure, axes
+
+
+def _empty(message: str) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(4, 2))
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.axis("off")
+    return figure
+
+
+def morf_curves(scores: pd.DataFrame) -> plt.Figure:
+    """Mean target probability against the fraction of regions perturbed, a panel per model × region size."""
+    curves = scores[scores["quantity"] == "probability"]
+    if curves.empty:
+        return _empty("no AOPC curves")
+    keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups)
+    figure, axes = _panels(len(keys), min(4, len(keys)))
+    for ax, (dataset, model, region) in zip(axes.flat, keys):
+        part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
+        for method, group in part.groupby("method"):
+            mean = group.groupby("step")["value"].mean()
+            ax.plot(mean.index / mean.index.max(), mean.to_numpy(), label=method, color=METHOD_COLOURS.get(method))
+        ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
+        ax.set_xlabel("fraction of regions perturbed (MoRF)")
+        ax.set_ylabel("mean p(target)")
+        ax.set_ylim(0, 1.02)
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
+    """Mean Max-Sensitivity (95 % bootstrap band) against the noise radius, a panel per model."""
+    part = summary[summary["metric"] == "max_sensitivity"]
+    if part.empty:
+        return _empty("no Max-Sensitivity scores")
+    keys = sorted(part.groupby(["dataset", "model"]).groups)
+    figure, axes = _panels(len(keys), min(4, len(keys)))
+    for ax, (dataset, model) in zip(axes.flat, keys):
+        for method, group in part[(part["dataset"] == dataset) & (part["model"] == model)].groupby("method"):
+            group = group.sort_values("parameter_value")
+            colour = METHOD_COLOURS.get(method)
+            ax.plot(group["parameter_value"], group["mean"], marker="o", label=method, color=colour)
+            ax.fill_between(group["parameter_value"], group["ci_low"], group["ci_high"], alpha=0.2, color=colour)
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+        ax.set_xlabel("radius r (L∞, normalised input)")
+        ax.set_ylabel("Max-Sensitivity (lower is better)")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt.Figure:
+    """Balanced accuracy of each model against its mean AOPC, one point per method and region size."""
+    part = summary[summary["metric"] == "aopc"].merge(classification, on=["dataset", "model"])
+    if part.empty:
+        return _empty("no AOPC scores")
+    figure, ax = plt.subplots(figsize=(5, 4))
+    for method, group in part.groupby("method"):
+        ax.scatter(group["mean"], group["balanced_accuracy"], label=method, color=METHOD_COLOURS.get(method), alpha=0.8)
+    for row in part.drop_duplicates(["dataset", "model"]).itertuples():
+        ax.annotate(f"{row.dataset}/{row.model}", (row.mean, row.balanced_accuracy), fontsize=7, alpha=0.7)
+    ax.set_xlabel("mean AOPC (MoRF)")
+    ax.set_ylabel("balanced accuracy (test)")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: str | Path, examples: int, image_size: int) -> plt.Figure:
+    """A grid: a row per example test image, the input then one column per method, each map
+    (ReLU, min-max, bilinear to the input) over the image, with the ground-truth mask outlined."""
+    loaded = {method: read_maps(path) for method, path in sorted(maps_paths.items())}
+    first = next(iter(loaded.values()))
+    count = min(examples, len(first.image_ids))
+    picks = np.linspace(0, len(first.image_ids) - 1, count).round().astype(int) if count else []
+    rows = index.set_index("image_id")
+    classes = json.loads(first.attrs["classes"])
+    figure, axes = plt.subplots(count, len(loaded) + 1, figsize=(2.2 * (len(loaded) + 1), 2.2 * count), squeeze=False)
+    post = postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear")
+    for r, position in enumerate(picks):
+        image_id = first.image_ids[position]
+        row = rows.loc[image_id]
+        with Image.open(Path(raw_dir) / str(row["path"])) as image:
+            picture = np.asarray(image.convert("RGB").resize((image_size, image_size)))
+        mask = None
+        if pd.notna(row["mask_path"]):
+            with Image.open(Path(raw_dir) / str(row["mask_path"])) as image:
+                mask = np.asarray(image.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127
+        label = classes[int(first.labels[position])] if classes else int(first.labels[position])
+        panels = [("input", None)] + [(m, s) for m, s in loaded.items()]
+        for c, (title, mapset) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(picture)
+            if mapset is not None:
+                heat = postprocess.apply(torch.from_numpy(mapset.maps[position : position + 1]), post, (image_size, image_size))[0]
+                ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if mask is not None:
+                ax.contour(mask, levels=[0.5], colors="white", linewidths=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{label}", fontsize=8)
+    figure.tight_layout()
+    return figure
