@@ -12,27 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, Subset
 
-from camfaith import cams, postprocess
-from camfaith.data import index as index_stage
-from camfaith.data import split as split_stage
-from camfaith.data import synthetic
-from camfaith.data.images import ImageTable, Preprocessing, select_split
-from camfaith.evaluation import classification_scores
 from camfaith.io import atomic_path, package_versions, sha256_file
-from camfaith.metrics import aopc as aopc_metric
-from camfaith.metrics import common, haas as haas_metric, max_sensitivity as maxsens_metric, resolve
-from camfaith.models import ModelSpec, build_model, load_checkpoint, pick_device, resolve_layer, save_checkpoint
-from camfaith.store import MapSet, read_maps, write_maps, write_table
-from camfaith.training import TrainConfig, fingerprint, predict, train
+from camfaith.store import write_table
 
+# Stage modules are imported inside each function: a job pays only for what its stage uses (torch,
+# torchvision and scikit-learn together take ~4.5 s to import, the bulk of a light job's wall time).
 log = logging.getLogger(__name__)
 
 
 def download(dataset: dict, out_dir: str | Path) -> None:
     """Materialise the raw dataset in ``out_dir``. Sources: ``synthetic`` (generated from a seed)."""
+    from camfaith.data import synthetic
+
     out_dir = Path(out_dir)
     source = dataset.get("source")
     if source != "synthetic":
@@ -48,6 +40,8 @@ def download(dataset: dict, out_dir: str | Path) -> None:
 
 def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_path: str | Path) -> None:
     """Index ``raw_dir`` into Parquet; unreadable images go to the quarantine table (also Parquet)."""
+    from camfaith.data import index as index_stage
+
     table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"])
     write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
     write_table(table, index_path, {"classes": index_stage.class_names(table)})
@@ -55,22 +49,27 @@ def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_
 
 def split(index_path: str | Path, params: dict, split_path: str | Path) -> None:
     """Grouped, stratified, deterministic split of the index (``train/val/test`` per image)."""
+    from camfaith.data import split as split_stage
+
     table = pd.read_parquet(index_path)
     frame = split_stage.assign_splits(table, params["fractions"], params["seed"], params.get("honour_official", True))
     log.info("split sizes per class:\n%s", split_stage.split_summary(frame))
     write_table(frame, split_path)
 
 
-def _preprocessing(params: dict) -> Preprocessing:
-    return Preprocessing.from_config(params["preprocessing"])
-
-
 def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | Path, params: dict,
                 model_path: str | Path, history_path: str | Path, resume_path: str | Path) -> None:
     """Train one model; ``params`` holds ``model``, ``training``, ``preprocessing`` and ``device``."""
+    import torch
+
+    from camfaith.data import index as index_stage
+    from camfaith.data.images import ImageTable, Preprocessing, select_split
+    from camfaith.models import ModelSpec, build_model, pick_device, save_checkpoint
+    from camfaith.training import TrainConfig, fingerprint, train
+
     table, splits = pd.read_parquet(index_path), pd.read_parquet(split_path)
     classes = index_stage.class_names(table)
-    preprocessing = _preprocessing(params)
+    preprocessing = Preprocessing.from_config(params["preprocessing"])
     spec = ModelSpec.from_config(params["model"], len(classes), preprocessing.image_size)
     config = TrainConfig.from_config(params["training"])
     device = pick_device(params.get("device", "auto"))
@@ -86,12 +85,22 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     Path(resume_path).unlink(missing_ok=True)
 
 
-def _test_table(raw_dir, index_path, split_path, preprocessing: Preprocessing) -> ImageTable:
+def _test_table(raw_dir, index_path, split_path, preprocessing):
+    """The test split as an :class:`~camfaith.data.images.ImageTable`, in ``image_id`` order."""
+    from camfaith.data.images import ImageTable, select_split
+
     return ImageTable(raw_dir, select_split(pd.read_parquet(index_path), pd.read_parquet(split_path), "test"), preprocessing)
 
 
 def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_path) -> None:
     """Balanced accuracy, mean AUC, recalls and confusion matrix on the test split."""
+    from torch.utils.data import DataLoader
+
+    from camfaith.data.images import Preprocessing
+    from camfaith.evaluation import classification_scores
+    from camfaith.models import load_checkpoint, pick_device
+    from camfaith.training import predict
+
     device = pick_device(params.get("device", "auto"))
     model, _, classes, prep = load_checkpoint(model_path, device)
     test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
@@ -104,6 +113,14 @@ def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_p
 
 def explain(raw_dir, index_path, split_path, model_path, method: str, params: dict, maps_path, identity: dict) -> None:
     """Raw maps of ``method`` for every test image, with what the metrics need, into HDF5."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from camfaith import cams
+    from camfaith.data.images import Preprocessing
+    from camfaith.models import load_checkpoint, pick_device, resolve_layer
+    from camfaith.store import MapSet, write_maps
+
     device = pick_device(params.get("device", "auto"))
     model, spec, classes, prep = load_checkpoint(model_path, device)
     layer_name, layer = resolve_layer(model, spec.target_layer)
@@ -136,7 +153,7 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
     log.info("%s maps %s for %d images at layer %s", method, maps.maps.shape[1:], len(maps.image_ids), layer_name)
 
 
-def select_ids(table: ImageTable) -> list[str]:
+def select_ids(table) -> list[str]:
     """Image ids of an :class:`ImageTable`, in its order (``image_id`` = path without suffix)."""
     return [Path(p).with_suffix("").as_posix() for p in table.paths]
 
@@ -145,6 +162,18 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     """One metric on one method's maps → long Parquet (docs/formats.md). ``params`` holds the metric's
     config subtree (``settings``, with ``batch_size`` forwards at a time and ``images_per_block``
     images loaded at a time), ``protocol``, ``seed`` and ``device``."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from camfaith import postprocess
+    from camfaith.data.images import Preprocessing
+    from camfaith.metrics import aopc as aopc_metric
+    from camfaith.metrics import common, resolve
+    from camfaith.metrics import haas as haas_metric
+    from camfaith.metrics import max_sensitivity as maxsens_metric
+    from camfaith.models import load_checkpoint, pick_device, resolve_layer
+    from camfaith.store import read_maps
+
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
     amp = params.get("amp", True) and device.type == "cuda"

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from camfaith.io import atomic_path, canonical_json
 
@@ -83,6 +82,3 @@ def read_table_metadata(path: str | Path) -> dict:
     raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
     return json.loads(raw) if raw else {}
 
-
-def as_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
