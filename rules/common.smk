@@ -1,4 +1,4 @@
-# Helpers only: config validation, target lists and per-rule config subtrees. No rules here.
+# Helpers only: config validation, target lists and the config subtree each job receives.
 import copy
 
 from snakemake.utils import validate
@@ -52,7 +52,7 @@ def final_outputs():
     return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"])
 
 
-# Per-rule config subtrees: each rule sees only what defines its output, so editing one setting
+# Config subtrees passed as params: a job sees only what defines its output, so editing one setting
 # re-runs only the jobs that depend on it (Snakemake's params rerun trigger).
 def dataset_source(wildcards):
     dataset = config["datasets"][wildcards.dataset]

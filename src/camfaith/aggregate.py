@@ -35,7 +35,8 @@ def classification_table(paths: list[str | Path], identities: list[dict]) -> pd.
 
 
 def bootstrap_interval(values: np.ndarray, seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean (NaN for fewer than 2 finite values)."""
+    """95 % percentile bootstrap interval of the mean of the finite values. With fewer than 2 of them,
+    or all equal, the interval collapses to the mean (NaN when there is no finite value)."""
     values = values[np.isfinite(values)]
     if len(values) < 2 or np.ptp(values) == 0:
         mean = float(values.mean()) if len(values) else float("nan")

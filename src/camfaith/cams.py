@@ -114,8 +114,10 @@ def activations_and_gradients(model: nn.Module, layer: nn.Module, images: torch.
 
 
 def combine(activations: torch.Tensor, gradients: torch.Tensor, methods: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Raw maps ``{method: [N, h, w]}`` from ``A, G [N, F, h, w]``, computed in float32."""
-    activations, gradients = activations.float(), gradients.float()
+    """Raw maps ``{method: [N, h, w]}`` from ``A, G [N, F, h, w]``, in float32 or wider (half
+    precision activations from mixed-precision forwards are promoted, so the sums do not overflow)."""
+    dtype = torch.promote_types(activations.dtype, torch.float32)
+    activations, gradients = activations.to(dtype), gradients.to(dtype)
     return {method: COMBINE[method](activations, gradients) for method in check_methods(methods)}
 
 

@@ -84,7 +84,7 @@ def pretrained_state_dict(weights_name: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"pretrained weights {weights_name}: file {path.name} is not in the torch hub cache folder {cache} "
             f"and could not be downloaded ({error}). Fetch {weights.url} where there is internet and place it at "
-            f"{path} (or point TORCH_HOME at a folder whose checkpoints/ holds it)."
+            f"{path} (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it)."
         ) from error
 
 

@@ -76,7 +76,8 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     torch.manual_seed(config.seed)  # fresh layers are initialised from this seed
     model = build_model(spec)
     tables = {name: ImageTable(raw_dir, select_split(table, splits, name), preprocessing) for name in ("train", "val")}
-    key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path))
+    # The device type is part of the run: a CPU checkpoint has no AMP scaler state for a CUDA resume.
+    key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path), device.type)
     log.info("training %s on %s (%d train / %d val images, %d classes)", spec.arch, device, len(tables["train"]), len(tables["val"]), len(classes))
     best, history = train(model, tables["train"], tables["val"], config, resume_path, device, key, len(classes))
     model.load_state_dict(best)
@@ -176,7 +177,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
 
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
-    amp = params.get("amp", True) and device.type == "cuda"
+    amp = settings.get("amp", True) and device.type == "cuda"
     model, spec, _, prep = load_checkpoint(model_path, device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # scoring never needs parameter gradients
@@ -247,7 +248,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     frame = common.score_frame(rows, {**identity, "method": method, "metric": metric, "protocol": params["protocol"]})
     metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
                 "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
-                "layer": str(maps.attrs["layer"]), "package_versions": package_versions()}
+                "layer": str(maps.attrs["layer"]), "device": str(device), "package_versions": package_versions()}
     write_table(frame, scores_path, metadata)
 
 
@@ -260,6 +261,7 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     classification = agg.classification_table(eval_paths, eval_identities)
     summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else pd.DataFrame(columns=agg.CELL + ["method", "n", "mean", "ci_low", "ci_high", "best"])
     paired = agg.paired_tests(scores) if not scores.empty else pd.DataFrame()
+    summary["grid"] = pd.Series(dtype="string")
     if not summary.empty:
         labels = agg.grid_label(scores)
         summary["grid"] = [labels.get((d, m, v), "") if metric == "aopc" else "" for d, m, metric, v in

@@ -43,7 +43,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
     if mode == "none" or tuple(maps.shape[-2:]) == tuple(size):
         return maps
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)
+    resized = F.interpolate(maps.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)
+    if mode == "bicubic":  # bicubic overshoots; keep each map within its own range (e.g. [0, 1])
+        flat = maps.flatten(1)
+        resized = resized.clamp(flat.min(1).values.view(-1, 1, 1), flat.max(1).values.view(-1, 1, 1))
+    return resized
 
 
 def apply(maps: torch.Tensor, spec: PostProcess, size: tuple[int, int]) -> torch.Tensor:

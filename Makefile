@@ -1,0 +1,38 @@
+# Two commands for newcomers: `make run` and `make test`. Both create .venv from requirements.lock
+# when it is missing or older than the lock.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: run test lint report lock clean-results
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "camfaith needs Python 3.11 (found %d.%d); set PYTHON=" % sys.version_info[:2])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+# Re-resolve pyproject.toml's ranges into exact pins (needs the package index).
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json ".[test]"
+	$(BIN)/python -c 'import json; r = json.load(open(".lock-report.json")); pins = sorted((i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in r["install"] if i["metadata"]["name"].lower() != "camfaith"); head = [l for l in open("requirements.lock") if l.startswith("#")]; open("requirements.lock", "w").write("".join(head) + "".join(f"{n}=={v}\n" for n, v in pins))'
+	rm -f .lock-report.json
+
+clean-results:
+	rm -rf results logs benchmarks/*/ .snakemake

@@ -1,0 +1,234 @@
+"""Tests of the model builders, target layers, offline pretrained weights and checkpoints."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torch.hub
+import torchvision
+from torch import nn
+
+from camfaith import models
+from camfaith.models import (
+    ModelSpec, build_model, default_target_layer, load_checkpoint, pretrained_state_dict, resolve_layer,
+    save_checkpoint,
+)
+
+RESNET18_FILE = "resnet18-f37072fd.pth"
+
+
+def logits_of(model: nn.Module, size: int, n: int = 2) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)))
+
+
+def target_output_shape(model: nn.Module, layer_name: str, size: int) -> torch.Size:
+    """Shape of the target layer's output for one ``size`` px image."""
+    _, layer = resolve_layer(model, layer_name)
+    seen = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    try:
+        logits_of(model, size, n=1)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", models.RESNETS + models.VGGS)
+def test_build_model_gives_logits(arch, head):
+    size = 64 if arch in ("resnet18", "resnet34", "vgg11") else 32
+    spec = ModelSpec.from_config({"arch": arch, "head": head}, num_classes=5, input_size=size)
+    model = build_model(spec)
+    assert not model.training
+    assert logits_of(model, size, n=3).shape == (3, 5)
+
+
+def test_model_spec_rejects_unknown_key_arch_and_head():
+    with pytest.raises(ValueError, match="depth"):
+        ModelSpec.from_config({"arch": "resnet18", "depth": 3}, 2, 32)
+    with pytest.raises(ValueError, match="resnet101"):
+        ModelSpec.from_config({"arch": "resnet101"}, 2, 32)
+    with pytest.raises(ValueError, match="spp"):
+        ModelSpec.from_config({"arch": "vgg11", "head": "spp"}, 2, 32)
+
+
+@pytest.fixture(scope="module")
+def study_vgg19() -> nn.Module:
+    return build_model(ModelSpec(arch="vgg19", num_classes=3, input_size=64))
+
+
+def test_study_target_layers(study_vgg19):
+    resnet34 = build_model(ModelSpec(arch="resnet34", num_classes=3, input_size=64, plain_last_block=True))
+    resnet50 = build_model(ModelSpec(arch="resnet50", num_classes=3, input_size=64, plain_last_block=True))
+    assert default_target_layer(resnet34) == "layer4.2.conv2"
+    assert default_target_layer(resnet50) == "layer4.2.conv3"
+    assert default_target_layer(study_vgg19) == "features.34"
+    name, layer = resolve_layer(study_vgg19, None)
+    assert name == "features.34" and isinstance(layer, nn.Conv2d)
+    # the VGG trunk ends at that conv: its last ReLU and max-pool are cut
+    assert len(study_vgg19.features) == 35
+
+
+def test_default_target_layer_follows_cut():
+    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True))
+    assert default_target_layer(model) == "layer2.1.conv2"
+    vgg = build_model(ModelSpec(arch="vgg11", num_classes=3, input_size=32, cut_after="15"))
+    assert default_target_layer(vgg) == "features.13"  # the last conv at or before index 15
+
+
+def test_resolve_layer_unknown_name_raises_key_error(study_vgg19):
+    with pytest.raises(KeyError, match="features.99"):
+        resolve_layer(study_vgg19, "features.99")
+    name, layer = resolve_layer(study_vgg19, "features.32")
+    assert name == "features.32" and layer is study_vgg19.features[32]
+
+
+def test_plain_basic_block_has_no_skip_connection():
+    model = build_model(ModelSpec(arch="resnet34", num_classes=3, input_size=64, plain_last_block=True))
+    block = model.layer4[-1]
+    assert type(block) is nn.Sequential
+    assert [name for name, _ in block.named_children()] == ["conv1", "bn1", "relu", "conv2"]
+    assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
+    assert block.conv1.in_channels == block.conv2.out_channels == 512
+    # the other blocks keep their skip connection
+    assert isinstance(model.layer4[0], torchvision.models.resnet.BasicBlock)
+    # no skip: the block's output is exactly its layers applied in sequence
+    block.eval()
+    x = torch.randn(1, 512, 2, 2)
+    with torch.no_grad():
+        assert torch.equal(block(x), block.conv2(block.relu(block.bn1(block.conv1(x)))))
+
+
+def test_plain_bottleneck_block_has_no_skip_and_no_relu():
+    model = build_model(ModelSpec(arch="resnet50", num_classes=3, input_size=32, plain_last_block=True))
+    block = model.layer4[-1]
+    assert type(block) is nn.Sequential
+    assert [name for name, _ in block.named_children()] == ["conv1", "bn1", "conv2", "bn2", "conv3"]
+    assert not any(isinstance(m, nn.ReLU) for m in block.modules())
+    assert block.conv1.in_channels == block.conv3.out_channels == 2048
+    assert isinstance(model.layer4[0], torchvision.models.resnet.Bottleneck)
+
+
+def test_plain_last_block_refused_for_vgg():
+    with pytest.raises(ValueError, match="ResNets only"):
+        build_model(ModelSpec(arch="vgg11", num_classes=3, input_size=32, plain_last_block=True))
+
+
+def test_flatten_head_in_features_is_target_output_size(study_vgg19):
+    # vgg19 at 224 px: 512 x 14 x 14; at 64 px four max-pools leave 4 x 4
+    assert study_vgg19.classifier.in_features == 512 * 4 * 4
+    assert target_output_shape(study_vgg19, "features.34", 64) == (1, 512, 4, 4)
+    resnet = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=96, cut_after="layer3", plain_last_block=True))
+    # 96 px / 16 (stem stride 4, layer2 and layer3 stride 2) = 6
+    assert target_output_shape(resnet, "layer3.1.conv2", 96) == (1, 256, 6, 6)
+    assert resnet.fc.in_features == 256 * 6 * 6
+    assert isinstance(resnet.avgpool, nn.Identity)
+
+
+def test_gap_heads_pool_the_target_layer():
+    gap = build_model(ModelSpec(arch="resnet18", num_classes=4, input_size=64, head="gap"))
+    assert gap.fc.in_features == 512 and isinstance(gap.avgpool, nn.AdaptiveAvgPool2d)
+    dense = build_model(ModelSpec(arch="vgg11", num_classes=4, input_size=32, head="gap_dense", dense_hidden=7))
+    linears = [m for m in dense.classifier.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 7), (7, 4)]
+
+
+def test_trainable_prefixes_freeze_the_rest():
+    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, trainable=("layer4",)))
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == name.startswith(("layer4", "fc")), name
+
+
+# --- pretrained weights offline ----------------------------------------------------------------------
+
+
+class DownloadAttempted(Exception):
+    """Raised by the patched downloaders where no download may happen (not caught by the library)."""
+
+
+def block_downloads(monkeypatch, error: Exception) -> None:
+    """Make every download path raise ``error``.
+
+    torchvision binds ``load_state_dict_from_url`` by name in ``torchvision.models._api``, so patching
+    ``torch.hub.load_state_dict_from_url`` alone would not stop a real download attempt.
+    """
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fail)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+
+
+def test_missing_pretrained_weights_name_file_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    block_downloads(monkeypatch, urllib.error.URLError("no network in tests"))
+    with pytest.raises(FileNotFoundError) as error:
+        pretrained_state_dict("ResNet18_Weights.IMAGENET1K_V1")
+    message = str(error.value)
+    assert RESNET18_FILE in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "https://download.pytorch.org/models/" + RESNET18_FILE in message
+
+
+def test_missing_pretrained_weights_hint_names_the_right_torch_home_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    block_downloads(monkeypatch, urllib.error.URLError("no network in tests"))
+    with pytest.raises(FileNotFoundError) as error:
+        pretrained_state_dict("ResNet18_Weights.IMAGENET1K_V1")
+    hint = str(error.value).split("TORCH_HOME", 1)[1]
+    assert "hub/checkpoints" in hint
+
+
+def test_cached_pretrained_weights_load_without_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    block_downloads(monkeypatch, DownloadAttempted("a download was attempted"))
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference, cache / RESNET18_FILE)
+
+    loaded = pretrained_state_dict("ResNet18_Weights.IMAGENET1K_V1")
+    assert loaded.keys() == reference.keys()
+    assert all(torch.equal(loaded[key], reference[key]) for key in reference)
+
+    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, weights="ResNet18_Weights.IMAGENET1K_V1"))
+    assert torch.equal(model.conv1.weight, reference["conv1.weight"])
+    assert torch.equal(model.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    spec = ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True,
+                     trainable=("layer2",))
+    torch.manual_seed(0)
+    model = build_model(spec)
+    # move BatchNorm running statistics away from their defaults so they must be saved too
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))
+    model.eval()
+    classes, preprocessing = ["disc", "square", "triangle"], {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, spec, classes, preprocessing, {"fingerprint": "abc"})
+
+    torch.manual_seed(1)  # a different fresh initialisation must not matter
+    loaded, loaded_spec, loaded_classes, loaded_prep = load_checkpoint(path)
+    assert loaded_spec == spec and loaded_classes == classes and loaded_prep == preprocessing
+    assert not loaded.training
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_load_checkpoint_refuses_other_files(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a camfaith model checkpoint"):
+        load_checkpoint(path)
