@@ -81,6 +81,10 @@ def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
         ax.set_title(f"{dataset} / {model}", fontsize=9)
         ax.set_xlabel("radius r (L∞, normalised input)")
         ax.set_ylabel("Max-Sensitivity (lower is better)")
+        shown = part[(part["dataset"] == dataset) & (part["model"] == model)][["mean", "ci_low", "ci_high"]].to_numpy().ravel()
+        shown = shown[np.isfinite(shown) & (shown > 0)]
+        if len(shown) and shown.max() / shown.min() > 100:  # one unstable method would flatten the others
+            ax.set_yscale("log")
     axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
     return figure
