@@ -103,25 +103,22 @@ def test_nothing_to_do_after_a_complete_run(tiny_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_editing_one_metric_setting_replans_only_that_metric_and_aggregation(tiny_run):
-    def edit(config):
-        config["metrics"]["haas"]["accuracy"] = "balanced"
-
-    edited = write_config(tiny_run / "edited.yaml", edit)
+@pytest.mark.parametrize(
+    ("metric", "edit"),
+    [
+        ("haas", lambda c: c["metrics"]["haas"].update(accuracy="balanced")),
+        ("aopc", lambda c: c["metrics"]["aopc"]["region_px"].append(4)),
+        ("max_sensitivity", lambda c: c["metrics"]["max_sensitivity"].update(normalise=False)),
+    ],
+    ids=["haas-accuracy", "aopc-region-added", "max-sensitivity-normalise"],
+)
+def test_editing_one_metric_setting_replans_only_that_metric_and_aggregation(tiny_run, metric, edit):
+    edited = write_config(tiny_run / f"edited_{metric}.yaml", edit)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
     assert planned_jobs(output) == {"score": len(METHODS), "tables": 1, "figures": 1, "all": 1}
     planned_scores = re.findall(r"output: (results/score/\S+?\.parquet)", output)
-    assert len(planned_scores) == len(METHODS) and all(p.endswith("/haas.parquet") for p in planned_scores)
-
-
-def test_adding_a_region_size_replans_only_aopc(tiny_run):
-    edited = write_config(tiny_run / "edited_aopc.yaml", lambda c: c["metrics"]["aopc"]["region_px"].append(4))
-    result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
-    output = result.stdout + result.stderr
-    assert planned_jobs(output) == {"score": len(METHODS), "tables": 1, "figures": 1, "all": 1}
-    planned_scores = re.findall(r"output: (results/score/\S+?\.parquet)", output)
-    assert len(planned_scores) == len(METHODS) and all(p.endswith("/aopc.parquet") for p in planned_scores)
+    assert len(planned_scores) == len(METHODS) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
 
 
 def test_report_builds(tiny_run):

@@ -10,7 +10,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from camfaith.io import atomic_path, package_versions, sha256_file
@@ -166,19 +165,15 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from camfaith import postprocess
+    from camfaith import scoring
     from camfaith.data.images import Preprocessing
-    from camfaith.metrics import aopc as aopc_metric
     from camfaith.metrics import common, resolve
-    from camfaith.metrics import haas as haas_metric
-    from camfaith.metrics import max_sensitivity as maxsens_metric
     from camfaith.models import load_checkpoint, pick_device, resolve_layer
     from camfaith.store import read_maps
 
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
-    amp = settings.get("amp", True) and device.type == "cuda"
-    model, spec, _, prep = load_checkpoint(model_path, device)
+    model, _, _, prep = load_checkpoint(model_path, device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # scoring never needs parameter gradients
     preprocessing = Preprocessing.from_config(prep)
@@ -187,65 +182,24 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     if select_ids(test) != maps.image_ids:
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
     selected = common.select(maps.labels, maps.predictions, settings["images"])
-    post = postprocess.PostProcess.from_config(settings["postprocess"])
-    method = str(maps.attrs["method"])
-    log.info("%s on %d of %d images (%s protocol), settings %s", metric, len(selected), len(maps.image_ids), params["protocol"], settings)
-    rows = {key: [] for key in ("image_id", "label", "target", "prediction", "parameter", "parameter_value", "quantity", "step", "value")}
-
-    def add(position, parameter, parameter_value, quantity, step, value):
-        rows["image_id"].append(None if position is None else maps.image_ids[position])
-        for column, array in (("label", maps.labels), ("target", maps.targets), ("prediction", maps.predictions)):
-            rows[column].append(None if position is None else int(array[position]))
-        rows["parameter"].append(parameter)
-        rows["parameter_value"].append(parameter_value)
-        rows["quantity"].append(quantity)
-        rows["step"].append(step)
-        rows["value"].append(float(value))
-
-    batch_size = settings["batch_size"]
+    layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric in scoring.NEEDS_LAYER else None
+    context = scoring.Context(model=model, maps=maps, settings=settings, preprocessing=preprocessing, device=device,
+                              seed=params["seed"], amp=settings.get("amp", True) and device.type == "cuda", layer=layer)
+    log.info("%s of %s maps on %d of %d images (%s protocol), settings %s", metric, context.method, len(selected),
+             len(maps.image_ids), params["protocol"], settings)
     loader = DataLoader(Subset(test, selected.tolist()), batch_size=settings["images_per_block"], pin_memory=device.type == "cuda")
-    layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric == "max_sensitivity" else None
-    clip_range = None
-    if metric == "max_sensitivity" and settings.get("clip", False):
-        zeros = torch.zeros(1, 3, 1, 1, device=device)
-        clip_range = (preprocessing.from_unit(zeros), preprocessing.from_unit(zeros + 1))
-    ha_predictions = []
-    for images, _, positions in loader:
-        images = images.to(device, non_blocking=True)
-        positions = positions.numpy()
-        raw = torch.from_numpy(maps.maps[positions]).to(device)
-        targets = torch.from_numpy(maps.targets[positions]).to(device)
-        ids = [maps.image_ids[p] for p in positions]
-        if metric == "aopc":
-            saliency = aopc_metric.saliency_for(raw, post, tuple(images.shape[-2:]))
-            for region_px in settings["region_px"]:
-                curves = aopc_metric.morf_curves(model, images, saliency, targets, ids, region_px, settings["zero_pad"],
-                                                 settings["noise"], params["seed"], batch_size, amp)
-                values = aopc_metric.aopc_from_curves(curves, settings.get("round_decimals"))
-                shown = common.rounded(curves, settings.get("round_decimals")).cpu()
-                for i, position in enumerate(positions):
-                    add(position, "region_px", region_px, "aopc", None, values[i])
-                    for step in range(shown.shape[1]):
-                        add(position, "region_px", region_px, "probability", step, shown[i, step])
-        elif metric == "max_sensitivity":
-            for entry in settings["radii"]:
-                values = maxsens_metric.max_sensitivity(
-                    model, layer, method, images, raw, targets, ids, entry["radius"], entry["samples"], post,
-                    settings["normalise"], clip_range, params["seed"], batch_size, amp)
-                for i, position in enumerate(positions):
-                    add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
-        else:
-            emphasised = haas_metric.ha_images(images, raw, preprocessing, post)
-            ha_predictions.append(common.predict_classes(model, emphasised, batch_size, amp).cpu().numpy())
-    if metric == "haas":
-        predicted = np.concatenate(ha_predictions) if ha_predictions else np.zeros(0, dtype=np.int64)
-        labels, originals = maps.labels[selected], maps.predictions[selected]
-        for i, position in enumerate(selected):
-            add(position, "none", np.nan, "correct_ha", None, float(predicted[i] == labels[i]))
-        value, acc, acc_ha = haas_metric.haas(labels, originals, predicted, settings["accuracy"], settings.get("round_decimals"))
-        for quantity, number in (("accuracy_original", acc), ("accuracy_ha", acc_ha), ("haas", value)):
-            add(None, "none", np.nan, quantity, None, number)
-    frame = common.score_frame(rows, {**identity, "method": method, "metric": metric, "protocol": params["protocol"]})
+
+    def blocks():
+        for images, _, positions in loader:
+            positions = positions.numpy()
+            yield scoring.Block(
+                images=images.to(device, non_blocking=True), raw=torch.from_numpy(maps.maps[positions]).to(device),
+                targets=torch.from_numpy(maps.targets[positions]).to(device),
+                image_ids=[maps.image_ids[p] for p in positions], positions=positions,
+            )
+
+    rows = scoring.run(metric, context, blocks(), selected)
+    frame = common.score_frame(rows, {**identity, "method": context.method, "metric": metric, "protocol": params["protocol"]})
     metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
                 "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
                 "layer": str(maps.attrs["layer"]), "device": str(device), "package_versions": package_versions()}

@@ -1,0 +1,153 @@
+"""Runs one metric over the selected test images, block by block, into long score rows.
+
+A metric is a :class:`Runner`: ``block`` scores a block of images, ``finish`` adds the rows that
+need every image (HAAS's dataset-level ratio). A new metric is a new runner in :data:`RUNNERS`
+(plus its config block in the schema); the loading, batching and output stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from camfaith import postprocess
+from camfaith.data.images import Preprocessing
+from camfaith.metrics import aopc, common, haas, max_sensitivity
+from camfaith.store import MapSet
+
+ROW_COLUMNS = ("image_id", "label", "target", "prediction", "parameter", "parameter_value", "quantity", "step", "value")
+
+
+@dataclass
+class Context:
+    """What every runner may use: the model (eval, no parameter gradients), the stored maps, the
+    resolved settings and where to compute."""
+
+    model: nn.Module
+    maps: MapSet
+    settings: dict
+    preprocessing: Preprocessing
+    device: torch.device
+    seed: int
+    amp: bool
+    layer: nn.Module | None = None
+    post: postprocess.PostProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.post = postprocess.PostProcess.from_config(self.settings["postprocess"])
+
+    @property
+    def method(self) -> str:
+        return str(self.maps.attrs["method"])
+
+
+@dataclass
+class Block:
+    """A block of selected images: inputs ``[n, C, H, W]`` on the device, their raw maps ``[n, h, w]``,
+    targets ``[n]``, ids and positions in the maps file."""
+
+    images: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor
+    image_ids: list[str]
+    positions: np.ndarray
+
+
+class Rows:
+    """Column lists of the long score table (:data:`camfaith.metrics.SCORE_COLUMNS` less identity)."""
+
+    def __init__(self, maps: MapSet):
+        self.maps = maps
+        self.columns: dict[str, list] = {key: [] for key in ROW_COLUMNS}
+
+    def add(self, position: int | None, parameter: str, parameter_value: float, quantity: str, step: int | None, value: float) -> None:
+        """One row; ``position`` None makes a summary row (no image)."""
+        self.columns["image_id"].append(None if position is None else self.maps.image_ids[position])
+        for column, array in (("label", self.maps.labels), ("target", self.maps.targets), ("prediction", self.maps.predictions)):
+            self.columns[column].append(None if position is None else int(array[position]))
+        self.columns["parameter"].append(parameter)
+        self.columns["parameter_value"].append(float(parameter_value))
+        self.columns["quantity"].append(quantity)
+        self.columns["step"].append(step)
+        self.columns["value"].append(float(value))
+
+
+class Runner:
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        raise NotImplementedError
+
+    def finish(self, context: Context, selected: np.ndarray, rows: Rows) -> None:
+        """Rows that need every image; none by default."""
+
+
+class AopcRunner(Runner):
+    """Per image and region size: the AOPC value and the MoRF curve (``probability`` at each step)."""
+
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        settings = context.settings
+        decimals = settings.get("round_decimals")
+        saliency = aopc.saliency_for(block.raw, context.post, tuple(block.images.shape[-2:]))
+        for region_px in settings["region_px"]:
+            curves = aopc.morf_curves(context.model, block.images, saliency, block.targets, block.image_ids, region_px,
+                                      settings["zero_pad"], settings["noise"], context.seed, settings["batch_size"], context.amp)
+            values = aopc.aopc_from_curves(curves, decimals).cpu()
+            shown = common.rounded(curves, decimals).cpu()
+            for i, position in enumerate(block.positions):
+                rows.add(position, "region_px", region_px, "aopc", None, values[i])
+                for step in range(shown.shape[1]):
+                    rows.add(position, "region_px", region_px, "probability", step, shown[i, step])
+
+
+class MaxSensitivityRunner(Runner):
+    """Per image and radius: the largest (optionally normalised) map change under the radius's noise."""
+
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        settings = context.settings
+        clip_range = None
+        if settings.get("clip", False):
+            zeros = torch.zeros(1, block.images.shape[1], 1, 1, device=context.device)
+            clip_range = (context.preprocessing.from_unit(zeros), context.preprocessing.from_unit(zeros + 1))
+        for entry in settings["radii"]:
+            values = max_sensitivity.max_sensitivity(
+                context.model, context.layer, context.method, block.images, block.raw, block.targets, block.image_ids,
+                entry["radius"], entry["samples"], context.post, settings["normalise"], clip_range, context.seed,
+                settings["batch_size"], context.amp).cpu()
+            for i, position in enumerate(block.positions):
+                rows.add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
+
+
+class HaasRunner(Runner):
+    """Per image: is the HA image still classified correctly; then the dataset-level ratio."""
+
+    def __init__(self) -> None:
+        self.predicted: list[np.ndarray] = []
+
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        emphasised = haas.ha_images(block.images, block.raw, context.preprocessing, context.post)
+        self.predicted.append(common.predict_classes(context.model, emphasised, context.settings["batch_size"], context.amp).cpu().numpy())
+
+    def finish(self, context: Context, selected: np.ndarray, rows: Rows) -> None:
+        predicted = np.concatenate(self.predicted) if self.predicted else np.zeros(0, dtype=np.int64)
+        labels, originals = context.maps.labels[selected], context.maps.predictions[selected]
+        for i, position in enumerate(selected):
+            rows.add(int(position), "none", np.nan, "correct_ha", None, float(predicted[i] == labels[i]))
+        value, acc, acc_ha = haas.haas(labels, originals, predicted, context.settings["accuracy"], context.settings.get("round_decimals"))
+        for quantity, number in (("accuracy_original", acc), ("accuracy_ha", acc_ha), ("haas", value)):
+            rows.add(None, "none", np.nan, quantity, None, number)
+
+
+RUNNERS: dict[str, type[Runner]] = {"aopc": AopcRunner, "max_sensitivity": MaxSensitivityRunner, "haas": HaasRunner}
+NEEDS_LAYER = {"max_sensitivity"}  # metrics that recompute maps, so need the target layer
+
+
+def run(metric: str, context: Context, blocks, selected: np.ndarray) -> dict[str, list]:
+    """Score ``metric`` over ``blocks`` (an iterable of :class:`Block`) and return the row columns."""
+    runner = RUNNERS[metric]()
+    rows = Rows(context.maps)
+    for block in blocks:
+        runner.block(context, block, rows)
+    runner.finish(context, selected, rows)
+    return rows.columns
