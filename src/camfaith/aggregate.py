@@ -121,6 +121,9 @@ def markdown_wide(table: pd.DataFrame, metric: str, row_label: str, decimals: in
     for value, rows in part.groupby("parameter_value", dropna=False):
         cells = {(r.dataset, r.model, r.method): r for r in rows.itertuples()}
         label = "—" if pd.isna(value) else f"{value:g}"
+        grids = sorted({g for g in rows.get("grid", pd.Series(dtype=str)).dropna() if g})
+        if grids:  # AOPC: name the heatmap size too, as the study does ("16 px (4x4)")
+            label += f" px ({', '.join(grids)})"
         out = [label]
         for column in columns:
             r = cells.get(column)

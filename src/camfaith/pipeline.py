@@ -223,7 +223,7 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     texts = {
         "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
         "aopc_md": "# AOPC (MoRF), higher is better\n\nRows: region size in px; cells: mean [95% bootstrap CI]; best method per model in bold.\n\n"
-                   + (agg.markdown_wide(summary, "aopc", "region px") if not summary.empty else "not run\n"),
+                   + (agg.markdown_wide(summary, "aopc", "region") if not summary.empty else "not run\n"),
         "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nRows: noise radius r.\n\n"
                               + (agg.markdown_wide(summary, "max_sensitivity", "radius") if not summary.empty else "not run\n"),
         "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n"
