@@ -68,7 +68,7 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     assert set(summary["metric"]) == {"aopc", "max_sensitivity", "haas"}
     aopc = summary[summary["metric"] == "aopc"]
     assert sorted(aopc["grid"].unique()) == ["2x2", "4x4"]  # 32 px with 16 and 8 px regions
-    assert aopc.groupby("parameter_value")["best"].sum().eq(1).all() or aopc["best"].sum() >= 2
+    assert aopc.groupby("parameter_value")["best"].sum().ge(1).all()  # a winner in every cell (ties share it)
 
 
 def test_every_stage_logged_and_benchmarked(tiny_run):

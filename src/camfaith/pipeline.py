@@ -142,7 +142,7 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
         parts["labels"].append(labels)
     logits = torch.cat(parts["logits"])
     maps = MapSet(
-        maps=torch.cat(parts["maps"]).numpy(), image_ids=select_ids(test),
+        maps=torch.cat(parts["maps"]).numpy(), image_ids=test.image_ids,
         labels=torch.cat(parts["labels"]).numpy(), predictions=logits.argmax(1).numpy(),
         targets=torch.cat(parts["targets"]).numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(),
         attrs={**identity, "method": method, "layer": layer_name, "layer_shape": list(parts["maps"][0].shape[1:]),
@@ -151,11 +151,6 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
     )
     write_maps(maps_path, maps)
     log.info("%s maps %s for %d images at layer %s", method, maps.maps.shape[1:], len(maps.image_ids), layer_name)
-
-
-def select_ids(table) -> list[str]:
-    """Image ids of an :class:`ImageTable`, in its order (``image_id`` = path without suffix)."""
-    return [Path(p).with_suffix("").as_posix() for p in table.paths]
 
 
 def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, params: dict, scores_path, identity: dict) -> None:
@@ -179,7 +174,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     preprocessing = Preprocessing.from_config(prep)
     test = _test_table(raw_dir, index_path, split_path, preprocessing)
     maps = read_maps(maps_path)
-    if select_ids(test) != maps.image_ids:
+    if test.image_ids != maps.image_ids:
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
     selected = common.select(maps.labels, maps.predictions, settings["images"])
     layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric in scoring.NEEDS_LAYER else None

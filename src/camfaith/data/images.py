@@ -57,6 +57,7 @@ class ImageTable(Dataset):
     def __init__(self, root: str | Path, rows: pd.DataFrame, preprocessing: Preprocessing, augment: v2.Transform | None = None):
         self.root = Path(root)
         self.paths = rows["path"].astype(str).tolist()
+        self.image_ids = rows["image_id"].astype(str).tolist()
         self.labels = rows["label_index"].astype(int).tolist()
         self.preprocessing = preprocessing
         self.augment = augment
