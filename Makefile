@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test lint report lock clean-results
+.PHONY: run test bench lint report lock clean-results
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "camfaith needs Python 3.11 (found %d.%d); set PYTHON=" % sys.version_info[:2])'
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+$(VENV)/.installed-bench: $(STAMP) requirements-bench.lock
+	$(BIN)/python -m pip install --quiet -r requirements-bench.lock
+	touch $@
+
+# camfaith against its floor and against pytorch-grad-cam / Quantus; table in benchmarks/latest.md.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

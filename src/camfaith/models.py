@@ -211,6 +211,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model.to(device).eval(), spec, payload["classes"], payload["preprocessing"]
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def memory_format(name: str | None) -> torch.memory_format:
+    """``contiguous`` (default) or ``channels_last`` (NHWC, often faster for convolutions)."""
+    if name not in (None, *MEMORY_FORMATS):
+        raise ValueError(f"memory_format must be one of {sorted(MEMORY_FORMATS)}, got {name!r}")
+    return MEMORY_FORMATS[name or "contiguous"]
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; otherwise the named device."""
     if requested == "auto":

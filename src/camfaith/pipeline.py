@@ -118,11 +118,13 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
 
     from camfaith import cams
     from camfaith.data.images import Preprocessing
-    from camfaith.models import load_checkpoint, pick_device, resolve_layer
+    from camfaith.models import load_checkpoint, memory_format, pick_device, resolve_layer
     from camfaith.store import MapSet, write_maps
 
     device = pick_device(params.get("device", "auto"))
     model, spec, classes, prep = load_checkpoint(model_path, device)
+    layout = memory_format(params.get("memory_format"))
+    model = model.to(memory_format=layout)
     layer_name, layer = resolve_layer(model, spec.target_layer)
     test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
     loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
@@ -132,7 +134,7 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
     amp = params.get("amp", True) and device.type == "cuda"
     parts: dict[str, list] = {"maps": [], "logits": [], "targets": [], "labels": []}
     for images, labels, _ in loader:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
         targets = labels.to(device) if target_mode == "label" else None
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             activations, gradients, logits, used = cams.activations_and_gradients(model, layer, images, targets)
@@ -163,12 +165,14 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     from camfaith import scoring
     from camfaith.data.images import Preprocessing
     from camfaith.metrics import common, resolve
-    from camfaith.models import load_checkpoint, pick_device, resolve_layer
+    from camfaith.models import load_checkpoint, memory_format, pick_device, resolve_layer
     from camfaith.store import read_maps
 
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
     model, _, _, prep = load_checkpoint(model_path, device)
+    layout = memory_format(settings.get("memory_format"))
+    model = model.to(memory_format=layout)
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # scoring never needs parameter gradients
     preprocessing = Preprocessing.from_config(prep)
@@ -188,7 +192,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
         for images, _, positions in loader:
             positions = positions.numpy()
             yield scoring.Block(
-                images=images.to(device, non_blocking=True), raw=torch.from_numpy(maps.maps[positions]).to(device),
+                images=images.to(device, non_blocking=True).contiguous(memory_format=layout), raw=torch.from_numpy(maps.maps[positions]).to(device),
                 targets=torch.from_numpy(maps.targets[positions]).to(device),
                 image_ids=[maps.image_ids[p] for p in positions], positions=positions,
             )

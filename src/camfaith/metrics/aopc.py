@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camfaith import postprocess
-from camfaith.metrics.common import chunks, generator, rounded, target_probability, uniform
+from camfaith.metrics.common import chunks, generator, layout_of, rounded, target_probability, uniform
 
 NOISE_MODES = ("per_step", "per_image")
 
@@ -92,14 +92,16 @@ def morf_curves(
     order = region_order(region_means(saliency, region_px, zero_pad))
     steps = order.shape[1] + 1
     ranks = pixel_ranks(order, height, width, region_px)
+    layout = layout_of(images)
     fills = torch.stack([noise_fill(images[i], order[i], region_px, noise, seed, image_ids[i]) for i in range(n)])
+    fills = fills.contiguous(memory_format=layout)
     pair_image = torch.arange(n, device=images.device).repeat_interleave(steps)
     pair_step = torch.arange(steps, device=images.device).repeat(n)
     probabilities = torch.empty(n * steps, dtype=torch.float32, device=images.device)
     for part in chunks(n * steps, batch_size):
         which, step = pair_image[part], pair_step[part]
         perturbed = (ranks[which] < step.view(-1, 1, 1)).unsqueeze(1)
-        batch = torch.where(perturbed, fills[which], images[which])
+        batch = torch.where(perturbed, fills[which], images[which]).contiguous(memory_format=layout)
         probabilities[part] = target_probability(model, batch, targets[which], batch_size, amp)
     return probabilities.view(n, steps)
 

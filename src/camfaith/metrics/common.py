@@ -34,6 +34,14 @@ def uniform(shape: tuple[int, ...], low: float | torch.Tensor, high: float | tor
     return low + (high - low) * torch.rand(shape, generator=gen, device=device)
 
 
+def layout_of(images: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``images [N, C, H, W]``, so perturbed copies can be built in the same one
+    (a channels_last model fed contiguous batches converts every batch, losing its speed-up)."""
+    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def chunks(total: int, size: int) -> Iterator[slice]:
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))

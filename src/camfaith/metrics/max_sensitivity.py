@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from camfaith import cams, postprocess
-from camfaith.metrics.common import chunks, generator, uniform
+from camfaith.metrics.common import chunks, generator, layout_of, uniform
 
 
 def perturbations(image: torch.Tensor, image_id: str, radius: float, samples: int, seed: int) -> torch.Tensor:
@@ -41,6 +41,7 @@ def max_sensitivity(
     distances = torch.empty(n, samples, dtype=torch.float32, device=images.device)
     pair_image = torch.arange(n, device=images.device).repeat_interleave(samples)
     noisy = torch.cat([perturbations(images[i], image_ids[i], radius, samples, seed) for i in range(n)])
+    noisy = noisy.contiguous(memory_format=layout_of(images))
     if clip_range is not None:
         noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
     flat = distances.view(-1)

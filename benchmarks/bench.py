@@ -1,0 +1,221 @@
+"""camfaith against its floor and against pytorch-grad-cam / Quantus, side by side in one run.
+
+Every figure is a ratio measured in this process: our time over the floor (the unavoidable forward
+passes at the best plain-inference throughput found here, over batch sizes and memory formats), the
+alternative's time over the same floor, and the speed-up (alternative / ours). Absolute times are
+printed only to show what was measured; these machines are shared and noisy, so each timing is the
+minimum of a few repeats after a warm-up.
+
+    python benchmarks/bench.py              # the study's models at 224 px and the default config's models
+    python benchmarks/bench.py --quick      # fewer images and regions (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camfaith import cams, postprocess
+from camfaith.data.images import Preprocessing
+from camfaith.metrics import aopc, common, haas, max_sensitivity
+from camfaith.models import ModelSpec, build_model, resolve_layer
+
+
+@dataclass
+class Case:
+    name: str
+    spec: ModelSpec
+    regions: list[int]  # AOPC region sizes in px
+    batch: int  # images per attribution batch
+
+
+def cases(quick: bool) -> list[Case]:
+    study_regions = [56, 28] if quick else [56, 28, 16]
+    return [
+        Case("resnet50 flatten 224", ModelSpec("resnet50", 4, 224, plain_last_block=True), study_regions, 8),
+        Case("vgg19 flatten 224", ModelSpec("vgg19", 4, 224), study_regions, 4),
+        Case("default resnet18 64", ModelSpec("resnet18", 3, 64, cut_after="layer2", plain_last_block=True), [16, 8], 32),
+        Case("default vgg11 64", ModelSpec("vgg11", 3, 64, cut_after="13"), [16, 8], 32),
+    ]
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Minimum wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def forward_floor(model: torch.nn.Module, size: int, batch_sizes: list[int]) -> tuple[float, int, str]:
+    """Seconds per image of plain inference at the best (batch size, memory format), and those."""
+    best = (float("inf"), 0, "")
+    for layout_name, layout in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        model.to(memory_format=layout)
+        for batch in batch_sizes:
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
+            with torch.no_grad():
+                seconds = best_time(lambda: model(x), 2) / batch
+            best = min(best, (seconds, batch, layout_name))
+    model.to(memory_format=torch.contiguous_format)
+    return best
+
+
+def pgc_maps(model, layer, x, targets, classes) -> list[np.ndarray]:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    outputs = []
+    for cls in classes:
+        with cls(model=model, target_layers=[layer]) as cam:
+            outputs.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets]))
+    return outputs
+
+
+def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
+    import quantus
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
+
+    torch.manual_seed(0)
+    model = build_model(case.spec)
+    _, layer = resolve_layer(model, None)
+    size = case.spec.input_size
+    floor, floor_batch, floor_layout = forward_floor(model, size, [1, 4, 16] if size > 100 else [8, 32, 128])
+    # Everything below runs in the layout the floor found best, ours and the alternatives alike (they
+    # get the same model object); ours also uses the floor's batch size, as a tuned config would.
+    layout = torch.channels_last if floor_layout == "channels_last" else torch.contiguous_format
+    model.to(memory_format=layout)
+    batch = max(floor_batch, 2)
+    rows = []
+
+    # --- attributions: four maps for one batch, against one plain forward of that batch
+    x = torch.randn(case.batch, 3, size, size).contiguous(memory_format=layout)
+    targets = torch.randint(0, case.spec.num_classes, (case.batch,))
+    with torch.no_grad():
+        forward = best_time(lambda: model(x), repeats)
+    ours = best_time(lambda: cams.compute(model, layer, x, targets, cams.METHODS), repeats)
+    theirs = best_time(lambda: pgc_maps(model, layer, x, targets, (GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM)), max(1, repeats - 1))
+    rows.append(dict(stage="attributions (4 methods)", case=case.name, floor="1 forward of the batch", ours=ours / forward,
+                     alternative="pytorch-grad-cam", theirs=theirs / forward, seconds=ours))
+
+    # --- AOPC (MoRF): the same grids, number of regions and uniform noise
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    n_images = 1 if quick else 2
+    x_aopc, t_aopc = x[:n_images], targets[:n_images]
+    raw = cams.compute(model, layer, x_aopc, t_aopc, ["hirescam"])["hirescam"]
+    saliency = postprocess.apply(raw, postprocess.PostProcess(), (size, size))
+    ids = [f"img{i}" for i in range(n_images)]
+    forwards = n_images * sum(aopc.grid_shape(size, size, s)[0] * aopc.grid_shape(size, size, s)[1] + 1 for s in case.regions)
+
+    def ours_aopc():
+        for region in case.regions:
+            aopc.morf_curves(model, x_aopc, saliency, t_aopc, ids, region, False, "per_step", 0, batch)
+
+    def quantus_aopc():
+        for region in case.regions:
+            rows_, cols_ = aopc.grid_shape(size, size, region)
+            metric = quantus.RegionPerturbation(patch_size=region, regions_evaluation=rows_ * cols_, order="morf", normalise=False,
+                                                abs=False, perturb_baseline="uniform", disable_warnings=True)
+            metric(model=model, x_batch=x_aopc.numpy(), y_batch=t_aopc.numpy(), a_batch=saliency[:, None].numpy(),
+                   device="cpu", batch_size=n_images, softmax=True)
+
+    aopc_ours = best_time(ours_aopc, 1)
+    aopc_theirs = best_time(quantus_aopc, 1)
+    aopc_floor = forwards * floor
+    rows.append(dict(stage=f"AOPC ({forwards} forwards)", case=case.name, floor="forwards at best throughput", ours=aopc_ours / aopc_floor,
+                     alternative="Quantus RegionPerturbation", theirs=aopc_theirs / aopc_floor, seconds=aopc_ours))
+
+    # --- Max-Sensitivity: one forward + head-only backward per sample
+    samples = 4 if quick else 10
+    post = postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear")
+    sample_batch = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
+    sample_targets = torch.zeros(len(sample_batch), dtype=torch.long)
+    per_sample = best_time(lambda: cams.activations_and_gradients(model, layer, sample_batch, sample_targets), repeats) / len(sample_batch)
+    ms_floor = n_images * samples * per_sample
+    ms_ours = best_time(lambda: max_sensitivity.max_sensitivity(model, layer, "hirescam", x_aopc, raw, t_aopc, ids, 0.1, samples, post,
+                                                                False, None, 0, batch), 1)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)  # pytorch-grad-cam differentiates through the parameters' graph
+
+    def pgc_explain(model, inputs, targets, **_):
+        inputs = torch.as_tensor(inputs, dtype=torch.float32)
+        return pgc_maps(model, layer, inputs, targets, (HiResCAM,))[0][:, None]
+
+    a_batch = pgc_explain(model, x_aopc.numpy(), t_aopc.numpy())
+    metric = quantus.MaxSensitivity(nr_samples=samples, lower_bound=0.1,  # default perturbation: uniform noise
+                                    similarity_func=quantus.similarity_func.difference, disable_warnings=True)
+    ms_theirs = best_time(lambda: metric(model=model, x_batch=x_aopc.numpy(), y_batch=t_aopc.numpy(), a_batch=a_batch,
+                                         explain_func=pgc_explain, device="cpu", batch_size=n_images), 1)
+    rows.append(dict(stage=f"Max-Sensitivity ({n_images}×{samples} samples)", case=case.name, floor="forward + head backward per sample",
+                     ours=ms_ours / ms_floor, alternative="Quantus MaxSensitivity + pytorch-grad-cam", theirs=ms_theirs / ms_floor,
+                     seconds=ms_ours))
+
+    # --- HAAS: forwards over the originals and the HA images
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    preprocessing = Preprocessing(size)
+    maps = cams.compute(model, layer, x, targets, ["hirescam"])["hirescam"]
+
+    def ours_haas():
+        common.predict_classes(model, x, batch, False)
+        common.predict_classes(model, haas.ha_images(x, maps, preprocessing, post), batch, False)
+
+    haas_ours = best_time(ours_haas, repeats)
+    rows.append(dict(stage="HAAS", case=case.name, floor="forwards over originals + HA images", ours=haas_ours / (2 * len(x) * floor),
+                     alternative="", theirs=float("nan"), seconds=haas_ours))
+    for row in rows:
+        row["floor_batch"] = f"{floor_batch} {floor_layout}"
+    return rows
+
+
+def header() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    return (f"machine: {cpu}, {torch.get_num_threads()} torch threads, {platform.machine()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stage | model | floor | ours / floor | alternative | alternative / floor | speed-up | ours (s) | floor batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        speedup = r["theirs"] / r["ours"] if np.isfinite(r["theirs"]) else float("nan")
+        theirs = f"{r['theirs']:.2f}" if np.isfinite(r["theirs"]) else "–"
+        speed = f"{speedup:.1f}×" if np.isfinite(speedup) else "–"
+        lines.append(f"| {r['stage']} | {r['case']} | {r['floor']} | {r['ours']:.2f} | {r['alternative'] or '–'} | {theirs} | {speed} | "
+                     f"{r['seconds']:.2f} | {r['floor_batch']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images, regions and samples")
+    parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/latest.md"))
+    args = parser.parse_args()
+    rows = []
+    started = time.perf_counter()
+    for case in cases(args.quick):
+        if args.only and args.only not in case.name:
+            continue
+        print(f"… {case.name}", flush=True)
+        rows.extend(run_case(case, args.quick, repeats=2 if args.quick else 3))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = (f"{header()}\n\n{table(rows)}\n\npeak resident memory of the benchmark process: {peak_mb:.0f} MB; "
+            f"total {time.perf_counter() - started:.0f} s{' (--quick)' if args.quick else ''}\n")
+    print(text)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

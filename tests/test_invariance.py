@@ -1,0 +1,89 @@
+"""Results must not depend on how the work is cut: batch size, image blocks, memory format."""
+
+import numpy as np
+import pytest
+import torch
+
+from camfaith import cams, postprocess, scoring
+from camfaith.data.images import Preprocessing
+from camfaith.metrics import aopc, max_sensitivity
+from camfaith.models import ModelSpec, build_model, resolve_layer
+from camfaith.store import MapSet
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    _, layer = resolve_layer(model, None)
+    images = torch.randn(5, 3, 32, 32)
+    targets = torch.tensor([0, 1, 2, 0, 1])
+    raw = cams.compute(model, layer, images, targets, ["hirescam"])["hirescam"]
+    return model, layer, images, targets, raw
+
+
+IDS = [f"img{i}" for i in range(5)]
+
+
+def test_cams_do_not_depend_on_batch_size_or_memory_format(setup):
+    model, layer, images, targets, raw = setup
+    one_by_one = torch.cat([cams.compute(model, layer, images[i : i + 1], targets[i : i + 1], ["hirescam"])["hirescam"] for i in range(5)])
+    torch.testing.assert_close(one_by_one, raw, rtol=1e-4, atol=1e-5)
+    model_cl = model.to(memory_format=torch.channels_last)
+    channels_last = cams.compute(model_cl, layer, images.to(memory_format=torch.channels_last), targets, ["hirescam"])["hirescam"]
+    model.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(channels_last, raw, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["per_step", "per_image"])
+def test_morf_curves_do_not_depend_on_batch_size(setup, noise):
+    model, _, images, targets, raw = setup
+    saliency = postprocess.apply(raw, postprocess.PostProcess(), (32, 32))
+    curves = [aopc.morf_curves(model, images, saliency, targets, IDS, 8, False, noise, 0, batch_size) for batch_size in (3, 17, 200)]
+    for other in curves[1:]:
+        torch.testing.assert_close(other, curves[0], rtol=1e-4, atol=1e-6)
+    # one image at a time (a different image block) gives the same curves: noise is seeded per image
+    alone = torch.cat([aopc.morf_curves(model, images[i : i + 1], saliency[i : i + 1], targets[i : i + 1], IDS[i : i + 1], 8, False, noise, 0, 7) for i in range(5)])
+    torch.testing.assert_close(alone, curves[0], rtol=1e-4, atol=1e-6)
+
+
+def test_max_sensitivity_does_not_depend_on_batch_size_or_block(setup):
+    model, layer, images, targets, raw = setup
+    post = postprocess.PostProcess(relu=True, minmax=False, upsample="bilinear")
+    args = ("hirescam", images, raw, targets, IDS, 0.1, 4, post, True, None, 0)
+    values = [max_sensitivity.max_sensitivity(model, layer, *args, batch_size) for batch_size in (1, 6, 64)]
+    for other in values[1:]:
+        torch.testing.assert_close(other, values[0], rtol=1e-4, atol=1e-6, equal_nan=True)
+    alone = torch.cat([max_sensitivity.max_sensitivity(model, layer, "hirescam", images[i : i + 1], raw[i : i + 1], targets[i : i + 1], IDS[i : i + 1], 0.1, 4, post, True, None, 0, 3) for i in range(5)])
+    torch.testing.assert_close(alone, values[0], rtol=1e-4, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("metric", ["aopc", "max_sensitivity", "haas"])
+def test_score_rows_do_not_depend_on_images_per_block(setup, metric):
+    model, layer, images, targets, raw = setup
+    with torch.no_grad():
+        logits = model(images)
+    maps = MapSet(maps=raw.numpy(), image_ids=IDS, labels=targets.numpy(), predictions=logits.argmax(1).numpy(),
+                  targets=targets.numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(), attrs={"method": "hirescam"})
+    settings = {
+        "aopc": {"region_px": [16, 8], "zero_pad": False, "noise": "per_step", "batch_size": 9},
+        "max_sensitivity": {"radii": [{"radius": 0.1, "samples": 3}], "normalise": True, "clip": True, "batch_size": 4},
+        "haas": {"accuracy": "plain", "batch_size": 2},
+    }[metric]
+    settings["postprocess"] = {"relu": True, "minmax": True, "upsample": "bilinear"}
+    selected = np.arange(5)
+
+    def rows(block_size):
+        context = scoring.Context(model=model, maps=maps, settings=settings, preprocessing=Preprocessing(32), device=torch.device("cpu"),
+                                  seed=0, amp=False, layer=layer)
+        blocks = [scoring.Block(images[s : s + block_size], raw[s : s + block_size], targets[s : s + block_size],
+                                IDS[s : s + block_size], selected[s : s + block_size]) for s in range(0, 5, block_size)]
+        return scoring.run(metric, context, blocks, selected)
+
+    reference, other = rows(5), rows(2)
+    order = lambda r: sorted(zip(r["image_id"], r["parameter_value"], r["quantity"], r["step"], r["value"]), key=lambda t: tuple(map(str, t[:4])))
+    for a, b in zip(order(reference), order(other), strict=True):
+        assert a[:4] == b[:4]
+        assert a[4] == pytest.approx(b[4], rel=1e-4, abs=1e-6, nan_ok=True)
