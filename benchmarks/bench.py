@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +44,37 @@ def cases(quick: bool) -> list[Case]:
         Case("default resnet18 64", ModelSpec("resnet18", 3, 64, cut_after="layer2", plain_last_block=True), [16, 8], 32),
         Case("default vgg11 64", ModelSpec("vgg11", 3, 64, cut_after="13"), [16, 8], 32),
     ]
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux: writing 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last reset, in MB (VmHWM)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+def job_overhead(repeats: int = 3) -> tuple[float, float]:
+    """Seconds a pipeline job spends before working: a fresh interpreter importing the stage modules,
+    and loading a checkpoint of the default resnet18. Each measured in a new process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "model.pt"
+        spec = ModelSpec("resnet18", 3, 64, cut_after="layer2", plain_last_block=True)
+        from camfaith.models import save_checkpoint
+
+        save_checkpoint(checkpoint, build_model(spec), spec, ["a", "b", "c"], {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
+        code = ("import time; t = time.perf_counter(); import camfaith.pipeline, camfaith.scoring, camfaith.models as m; "
+                "t1 = time.perf_counter(); m.load_checkpoint({path!r}); print(t1 - t, time.perf_counter() - t1)").format(path=str(checkpoint))
+        runs = [tuple(map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()))
+                for _ in range(repeats)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -99,6 +129,7 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     rows = []
 
     # --- attributions: four maps for one batch, against one plain forward of that batch
+    reset_peak_rss()
     x = torch.randn(case.batch, 3, size, size).contiguous(memory_format=layout)
     targets = torch.randint(0, case.spec.num_classes, (case.batch,))
     with torch.no_grad():
@@ -106,7 +137,8 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     ours = best_time(lambda: cams.compute(model, layer, x, targets, cams.METHODS), repeats)
     theirs = best_time(lambda: pgc_maps(model, layer, x, targets, (GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM)), max(1, repeats - 1))
     rows.append(dict(stage="attributions (4 methods)", case=case.name, floor="1 forward of the batch", ours=ours / forward,
-                     alternative="pytorch-grad-cam", theirs=theirs / forward, seconds=ours))
+                     alternative="pytorch-grad-cam", theirs=theirs / forward, seconds=ours, peak_mb=peak_rss_mb()))
+    reset_peak_rss()
 
     # --- AOPC (MoRF): the same grids, number of regions and uniform noise
     for parameter in model.parameters():
@@ -131,10 +163,12 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
                    device="cpu", batch_size=n_images, softmax=True)
 
     aopc_ours = best_time(ours_aopc, 1)
+    aopc_peak = peak_rss_mb()
     aopc_theirs = best_time(quantus_aopc, 1)
     aopc_floor = forwards * floor
     rows.append(dict(stage=f"AOPC ({forwards} forwards)", case=case.name, floor="forwards at best throughput", ours=aopc_ours / aopc_floor,
-                     alternative="Quantus RegionPerturbation", theirs=aopc_theirs / aopc_floor, seconds=aopc_ours))
+                     alternative="Quantus RegionPerturbation", theirs=aopc_theirs / aopc_floor, seconds=aopc_ours, peak_mb=aopc_peak))
+    reset_peak_rss()
 
     # --- Max-Sensitivity: one forward + head-only backward per sample
     samples = 4 if quick else 10
@@ -145,6 +179,7 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     ms_floor = n_images * samples * per_sample
     ms_ours = best_time(lambda: max_sensitivity.max_sensitivity(model, layer, "hirescam", x_aopc, raw, t_aopc, ids, 0.1, samples, post,
                                                                 False, None, 0, batch), 1)
+    ms_peak = peak_rss_mb()
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # pytorch-grad-cam differentiates through the parameters' graph
 
@@ -159,7 +194,7 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
                                          explain_func=pgc_explain, device="cpu", batch_size=n_images), 1)
     rows.append(dict(stage=f"Max-Sensitivity ({n_images}×{samples} samples)", case=case.name, floor="forward + head backward per sample",
                      ours=ms_ours / ms_floor, alternative="Quantus MaxSensitivity + pytorch-grad-cam", theirs=ms_theirs / ms_floor,
-                     seconds=ms_ours))
+                     seconds=ms_ours, peak_mb=ms_peak))
 
     # --- HAAS: forwards over the originals and the HA images
     for parameter in model.parameters():
@@ -171,9 +206,10 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
         common.predict_classes(model, x, batch, False)
         common.predict_classes(model, haas.ha_images(x, maps, preprocessing, post), batch, False)
 
+    reset_peak_rss()
     haas_ours = best_time(ours_haas, repeats)
     rows.append(dict(stage="HAAS", case=case.name, floor="forwards over originals + HA images", ours=haas_ours / (2 * len(x) * floor),
-                     alternative="", theirs=float("nan"), seconds=haas_ours))
+                     alternative="", theirs=float("nan"), seconds=haas_ours, peak_mb=peak_rss_mb()))
     for row in rows:
         row["floor_batch"] = f"{floor_batch} {floor_layout}"
     return rows
@@ -186,14 +222,14 @@ def header() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | model | floor | ours / floor | alternative | alternative / floor | speed-up | ours (s) | floor batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | model | floor | ours / floor | alternative | alternative / floor | speed-up | ours (s) | peak RSS (MB) | floor batch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = r["theirs"] / r["ours"] if np.isfinite(r["theirs"]) else float("nan")
         theirs = f"{r['theirs']:.2f}" if np.isfinite(r["theirs"]) else "–"
         speed = f"{speedup:.1f}×" if np.isfinite(speedup) else "–"
         lines.append(f"| {r['stage']} | {r['case']} | {r['floor']} | {r['ours']:.2f} | {r['alternative'] or '–'} | {theirs} | {speed} | "
-                     f"{r['seconds']:.2f} | {r['floor_batch']} |")
+                     f"{r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['floor_batch']} |")
     return "\n".join(lines)
 
 
@@ -205,13 +241,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     started = time.perf_counter()
+    imports, load = job_overhead()
     for case in cases(args.quick):
         if args.only and args.only not in case.name:
             continue
         print(f"… {case.name}", flush=True)
         rows.extend(run_case(case, args.quick, repeats=2 if args.quick else 3))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = (f"{header()}\n\n{table(rows)}\n\npeak resident memory of the benchmark process: {peak_mb:.0f} MB; "
+    peak_mb = max([peak_rss_mb()] + [r["peak_mb"] for r in rows])  # VmHWM is reset per stage, so take the max
+    text = (f"{header()}\n\n{table(rows)}\n\nper-job overhead: {imports:.2f} s to import the stage modules in a fresh interpreter, "
+            f"{load:.2f} s to load a checkpoint; peak RSS columns: the process's peak during our part of each stage (the model "
+            f"and the alternatives' leftovers included), reset before each stage.\n"
+            f"peak resident memory of the benchmark process: {peak_mb:.0f} MB; "
             f"total {time.perf_counter() - started:.0f} s{' (--quick)' if args.quick else ''}\n")
     print(text)
     args.out.write_text(text)

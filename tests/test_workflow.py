@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -153,3 +154,27 @@ def test_default_config_plans_and_lints_clean():
     titles = set(re.findall(r"\* (.+?):\n", lint.stdout + lint.stderr))
     # docs/workflow.md explains the one lint left: rules name no conda env or container yet.
     assert titles <= {"Specify a conda environment or container for each rule."}, titles
+
+
+def test_thesis_protocol_reruns_only_scores_and_applies_the_study_choices(tiny_run, tmp_path):
+    import shutil
+
+    from camfaith.store import read_table_metadata
+
+    workdir = tmp_path / "thesis"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    config = workdir / "config.yaml"
+    plan = snakemake(workdir, "-n", "--cores", "1", "--configfile", str(config), "--config", "protocol=thesis")
+    assert planned_jobs(plan.stdout + plan.stderr) == {"score": 3 * len(METHODS), "tables": 1, "figures": 1, "all": 1}
+    snakemake(workdir, "--cores", "2", "--configfile", str(config), "--config", "protocol=thesis")
+
+    aopc_path = workdir / "results/score/synthetic/tinyres/hirescam/aopc.parquet"
+    settings = read_table_metadata(aopc_path)["settings"]
+    assert (settings["zero_pad"], settings["round_decimals"], settings["images"]) == (True, 3, "correct")
+    probabilities = pd.read_parquet(aopc_path).query("quantity == 'probability'")["value"]
+    assert np.allclose(probabilities, probabilities.round(3), atol=1e-6)
+    assert read_table_metadata(workdir / "results/score/synthetic/tinyres/hirescam/max_sensitivity.parquet")["settings"]["normalise"] is False
+    haas = pd.read_parquet(workdir / "results/score/synthetic/tinyres/hirescam/haas.parquet")
+    value = haas.loc[haas["quantity"] == "haas", "value"].iloc[0]
+    assert value == round(value, 2)
+    assert (haas["protocol"] == "thesis").all()
