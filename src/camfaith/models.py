@@ -9,7 +9,6 @@ Grad-CAM; ``gap`` and ``gap_dense`` heads give the settings where they coincide 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 VGGS = ("vgg11", "vgg16", "vgg19")

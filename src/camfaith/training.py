@@ -84,7 +84,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
 
 def _evaluate_loss(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, amp: bool) -> tuple[float, float]:
     logits, labels, _ = predict(model, loader, device, amp)
-    loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(labels).long().to(torch.int64)).item())
+    loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(labels).long()).item())
     return loss, float(balanced_accuracy_score(labels, logits.argmax(1)))
 
 
