@@ -215,6 +215,63 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
+MEMORY_CASES = [("resnet50 flatten 224", metric, budget) for metric in ("aopc", "max_sensitivity") for budget in (512, 1536)] + \
+               [("vgg19 flatten 224", metric, budget) for metric in ("aopc", "max_sensitivity") for budget in (1024, 3072)]
+
+
+def memory_probe(case_name: str, metric: str, budget_mb: float) -> dict:
+    """Run one metric on one block under ``budget_mb`` (in a fresh interpreter, so the allocator
+    holds nothing from earlier stages) and compare the peak resident memory it adds to the budget."""
+    from camfaith import memory
+
+    case = next(c for c in cases(False) if c.name == case_name)
+    torch.manual_seed(0)
+    model = build_model(case.spec).to(memory_format=torch.channels_last)
+    _, layer = resolve_layer(model, None)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    size = case.spec.input_size
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    sample = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    plan = memory.fit(memory.footprint(metric, model, sample, layer), 128, 16, budget_mb)
+    x = torch.randn(plan.images_per_block, 3, size, size).contiguous(memory_format=torch.channels_last)
+    targets = torch.zeros(len(x), dtype=torch.long)
+    ids = [f"img{i}" for i in range(len(x))]
+    raw = cams.compute(model, layer, x, targets, ["hirescam"])["hirescam"]  # a score job reads these from the maps file
+    before = float(next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+    reset_peak_rss()
+    if metric == "aopc":
+        saliency = postprocess.apply(raw, postprocess.PostProcess(), (size, size))
+        aopc.morf_curves(model, x, saliency, targets, ids, case.regions[0], False, "per_step", 0, plan.batch_size)
+    else:
+        max_sensitivity.max_sensitivity(model, layer, "hirescam", x, raw, targets, ids, 0.1, 2, postprocess.PostProcess(), True, None, 0,
+                                        plan.batch_size)
+    # the model and the loaded block were resident before the stage; the budget counts them, so add them back
+    used = peak_rss_mb() - before + model_mb + x.numel() * x.element_size() / 2**20
+    return dict(case=case_name, metric=metric, budget=budget_mb, batch=plan.batch_size, block=plan.images_per_block,
+                estimated=plan.estimated_mb, used=used)
+
+
+def memory_rows() -> list[dict]:
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for case_name, metric, budget in MEMORY_CASES:
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", case_name, metric, str(budget)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| model | metric | budget (MB) | batch × block chosen | estimate (MB) | used (MB) | used / budget |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['metric']} | {r['budget']:.0f} | {r['batch']} × {r['block']} | {r['estimated']:.0f} | {r['used']:.0f} | "
+                     f"{r['used'] / r['budget']:.2f} |")
+    return "\n".join(lines)
+
+
 def header() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     return (f"machine: {cpu}, {torch.get_num_threads()} torch threads, {platform.machine()}, Python {platform.python_version()}, "
@@ -238,23 +295,41 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images, regions and samples")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/latest.md"))
+    parser.add_argument("--memory-out", type=Path, default=Path("benchmarks/memory.md"))
+    parser.add_argument("--skip-timing", action="store_true", help="only the memory-budget check")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the memory-budget check")
+    parser.add_argument("--memory-probe", nargs=3, metavar=("CASE", "METRIC", "BUDGET_MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = []
-    started = time.perf_counter()
-    imports, load = job_overhead()
-    for case in cases(args.quick):
-        if args.only and args.only not in case.name:
-            continue
-        print(f"… {case.name}", flush=True)
-        rows.extend(run_case(case, args.quick, repeats=2 if args.quick else 3))
-    peak_mb = max([peak_rss_mb()] + [r["peak_mb"] for r in rows])  # VmHWM is reset per stage, so take the max
-    text = (f"{header()}\n\n{table(rows)}\n\nper-job overhead: {imports:.2f} s to import the stage modules in a fresh interpreter, "
-            f"{load:.2f} s to load a checkpoint; peak RSS columns: the process's peak during our part of each stage (the model "
-            f"and the alternatives' leftovers included), reset before each stage.\n"
-            f"peak resident memory of the benchmark process: {peak_mb:.0f} MB; "
-            f"total {time.perf_counter() - started:.0f} s{' (--quick)' if args.quick else ''}\n")
-    print(text)
-    args.out.write_text(text)
+    if args.memory_probe:
+        import json
+
+        case_name, metric, budget = args.memory_probe
+        print(json.dumps(memory_probe(case_name, metric, float(budget))))
+        return
+    if not args.skip_timing:
+        rows = []
+        started = time.perf_counter()
+        imports, load = job_overhead()
+        for case in cases(args.quick):
+            if args.only and args.only not in case.name:
+                continue
+            print(f"… {case.name}", flush=True)
+            rows.extend(run_case(case, args.quick, repeats=2 if args.quick else 3))
+        peak_mb = max([peak_rss_mb()] + [r["peak_mb"] for r in rows])  # VmHWM is reset per stage, so take the max
+        text = (f"{header()}\n\n{table(rows)}\n\nper-job overhead: {imports:.2f} s to import the stage modules in a fresh interpreter, "
+                f"{load:.2f} s to load a checkpoint; peak RSS columns: the process's peak during our part of each stage (the model "
+                f"and the alternatives' leftovers included), reset before each stage.\n"
+                f"peak resident memory of the benchmark process: {peak_mb:.0f} MB; "
+                f"total {time.perf_counter() - started:.0f} s{' (--quick)' if args.quick else ''}\n")
+        print(text)
+        args.out.write_text(text)
+    if not args.skip_memory:
+        print("… memory budgets", flush=True)
+        text = (f"{header()}\n\nMemory budget (`memory_mb`), one block of up to 16 images per run, each run in a fresh interpreter; "
+                "used = peak resident memory the stage adds + the model's parameters and the loaded block (the interpreter and "
+                f"libraries are outside the budget).\n\n{memory_table(memory_rows())}\n")
+        print(text)
+        args.memory_out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,17 @@ def score_params(wildcards):
     return {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
 
 
+# Resident memory a torch job needs beyond its tensors: the interpreter, torch and its kernels.
+TORCH_JOB_OVERHEAD_MB = 1500
+
+
+def score_mem_mb(wildcards):
+    """What the scheduler reserves for a score job: its metric's tensor budget plus the interpreter,
+    or a generous default when no budget is set."""
+    budget = config["metrics"][wildcards.metric].get("memory_mb")
+    return 8000 if budget is None else int(budget) + TORCH_JOB_OVERHEAD_MB
+
+
 def overlay_params(wildcards):
     return {"examples": config["aggregate"]["examples"], "image_size": config["datasets"][wildcards.dataset]["preprocessing"]["image_size"]}
 

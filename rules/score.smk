@@ -19,7 +19,7 @@ rule score:
         "benchmarks/score/{dataset}/{model}/{method}/{metric}.tsv"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=score_mem_mb,
         runtime=720,
         gpu=1,
     script:

@@ -162,7 +162,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from camfaith import scoring
+    from camfaith import memory, scoring
     from camfaith.data.images import Preprocessing
     from camfaith.metrics import common, resolve
     from camfaith.models import load_checkpoint, memory_format, pick_device, resolve_layer
@@ -182,11 +182,18 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
     selected = common.select(maps.labels, maps.predictions, settings["images"])
     layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric in scoring.NEEDS_LAYER else None
-    context = scoring.Context(model=model, maps=maps, settings=settings, preprocessing=preprocessing, device=device,
+    plan = memory.Plan(settings["batch_size"], settings["images_per_block"], None, float("nan"))
+    if len(selected):
+        sample = test[int(selected[0])][0].unsqueeze(0).to(device).contiguous(memory_format=layout)
+        need = memory.footprint(metric, model, sample, layer)
+        plan = memory.fit(need, settings["batch_size"], settings["images_per_block"], settings.get("memory_mb"))
+    effective = {**settings, "batch_size": plan.batch_size, "images_per_block": plan.images_per_block}
+    context = scoring.Context(model=model, maps=maps, settings=effective, preprocessing=preprocessing, device=device,
                               seed=params["seed"], amp=settings.get("amp", True) and device.type == "cuda", layer=layer)
     log.info("%s of %s maps on %d of %d images (%s protocol), settings %s", metric, context.method, len(selected),
              len(maps.image_ids), params["protocol"], settings)
-    loader = DataLoader(Subset(test, selected.tolist()), batch_size=settings["images_per_block"], pin_memory=device.type == "cuda")
+    log.info("memory plan: %s", plan.as_dict())
+    loader = DataLoader(Subset(test, selected.tolist()), batch_size=plan.images_per_block, pin_memory=device.type == "cuda")
 
     def blocks():
         for images, _, positions in loader:
@@ -201,7 +208,8 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     frame = common.score_frame(rows, {**identity, "method": context.method, "metric": metric, "protocol": params["protocol"]})
     metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
                 "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
-                "layer": str(maps.attrs["layer"]), "device": str(device), "package_versions": package_versions()}
+                "layer": str(maps.attrs["layer"]), "device": str(device), "memory_plan": plan.as_dict(),
+                "package_versions": package_versions()}
     write_table(frame, scores_path, metadata)
 
 

@@ -18,13 +18,14 @@ from camfaith import cams, postprocess
 from camfaith.metrics.common import chunks, generator, layout_of, uniform
 
 
+def noise_sample(shape: torch.Size, image_id: str, radius: float, sample: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Sample ``sample`` of the noise ``u ~ U[−r, r]`` of ``shape [C, H, W]`` for one image (its own seed)."""
+    return uniform(shape, -radius, radius, generator(device, seed, image_id, "max_sensitivity", radius, sample), device)
+
+
 def perturbations(image: torch.Tensor, image_id: str, radius: float, samples: int, seed: int) -> torch.Tensor:
-    """``[S, C, H, W]`` noisy copies of ``image [C, H, W]`` (noise seeded per sample)."""
-    noise = torch.stack([
-        uniform(image.shape, -radius, radius, generator(image.device, seed, image_id, "max_sensitivity", radius, s), image.device)
-        for s in range(samples)
-    ])
-    return image.unsqueeze(0) + noise
+    """``[S, C, H, W]`` noisy copies of ``image [C, H, W]``."""
+    return image.unsqueeze(0) + torch.stack([noise_sample(image.shape, image_id, radius, s, seed, image.device) for s in range(samples)])
 
 
 def max_sensitivity(
@@ -40,15 +41,19 @@ def max_sensitivity(
     reference = postprocess.apply(raw_maps, post, size)
     distances = torch.empty(n, samples, dtype=torch.float32, device=images.device)
     pair_image = torch.arange(n, device=images.device).repeat_interleave(samples)
-    noisy = torch.cat([perturbations(images[i], image_ids[i], radius, samples, seed) for i in range(n)])
-    noisy = noisy.contiguous(memory_format=layout_of(images))
-    if clip_range is not None:
-        noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
+    layout = layout_of(images)
     flat = distances.view(-1)
     for part in chunks(n * samples, batch_size):
         which = pair_image[part]
+        # Noise is drawn per chunk (each sample has its own seed), so memory holds one forward
+        # batch of noisy inputs, never all n·S of a block.
+        noise = torch.stack([noise_sample(images.shape[1:], image_ids[k // samples], radius, k % samples, seed, images.device)
+                             for k in range(part.start, part.stop)])
+        noisy = (images[which] + noise).contiguous(memory_format=layout)
+        if clip_range is not None:
+            noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
         with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
-            maps = cams.compute(model, layer, noisy[part], targets[which], [method])[method]
+            maps = cams.compute(model, layer, noisy, targets[which], [method])[method]
         perturbed = postprocess.apply(maps, post, size)
         flat[part] = (perturbed - reference[which]).flatten(1).norm(dim=1)
     worst = distances.max(dim=1).values

@@ -1,0 +1,126 @@
+"""Fit a score job's batches into a memory budget.
+
+A metric's working memory is the model, a block of loaded images with their per-image buffers
+(noise fills, region ranks), and one forward batch of perturbed inputs with the activations it
+creates. The forward batch dominates, so the budget is met by shrinking ``batch_size`` (and, if the
+block alone would not fit, ``images_per_block``). Results do not depend on either
+(``tests/test_invariance.py``), so a budget changes speed, never scores.
+
+Activation memory is estimated from one probe forward of a single image: under ``no_grad`` the live
+tensors at any moment are roughly one layer's input and output, so the peak is the largest
+``input + output`` over leaf modules, doubled to cover tensors held across a block (ResNet's
+identity branch) and allocator slack; the model counts twice (oneDNN keeps a re-laid-out copy of
+the weights). Measured on the CPU (``benchmarks/memory.md``): ResNet50 and VGG19 at 224 px used
+0.29–0.83 of their budget. The budget covers tensors; the interpreter and libraries (about 0.5 GB of
+resident memory for torch) come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+MIB = 2**20
+ACTIVATION_SAFETY = 2.0
+BLOCK_SHARE = 0.25  # at most this part of the budget holds the loaded block; the rest feeds forwards
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a metric needs: ``fixed`` once, ``per_block_image`` for each loaded image, ``per_sample``
+    for each input in one forward batch."""
+
+    fixed: int
+    per_block_image: int
+    per_sample: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The batch sizes a job runs with, and why (``budget_mb`` None: as configured)."""
+
+    batch_size: int
+    images_per_block: int
+    budget_mb: float | None
+    estimated_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _bytes(value: object) -> int:
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_bytes(v) for v in value)
+    return 0
+
+
+@torch.no_grad()
+def probe(model: nn.Module, sample: torch.Tensor, after: nn.Module | None = None) -> tuple[int, int]:
+    """One forward of ``sample [1, C, H, W]``: ``(peak, retained)`` bytes per image.
+
+    ``peak`` is the largest input + output of a leaf module; ``retained`` sums the outputs of the
+    leaves that run after ``after`` (the target layer), which a CAM backward keeps alive (0 if None).
+    """
+    peak, retained, seen_layer = [0], [0], [after is None]
+
+    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+        peak[0] = max(peak[0], _bytes(inputs) + _bytes(output))
+        if seen_layer[0] and after is not None:
+            retained[0] += _bytes(output)
+        if module is after:
+            seen_layer[0] = True
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    if after is not None and after not in leaves:
+        handles.append(after.register_forward_hook(record))
+    try:
+        model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peak[0], retained[0]
+
+
+def footprint(metric: str, model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None) -> Footprint:
+    """Memory model of ``metric`` for ``model`` on inputs shaped like ``sample [1, C, H, W]``.
+
+    Per forward input: the activations, plus the perturbed input and its sources (AOPC: the image,
+    its noise fill and the mask; Max-Sensitivity: the image, the noise, the map and, for the
+    backward, every activation after the target layer and its gradient). Per loaded image: the
+    image, AOPC's fill and int64 region ranks, the reference maps.
+    """
+    peak, retained = probe(model, sample, layer if metric == "max_sensitivity" else None)
+    image = _bytes(sample)
+    plane = sample.shape[-2] * sample.shape[-1]
+    params = sum(_bytes(t) for t in model.parameters()) + sum(_bytes(t) for t in model.buffers())
+    activations = int(ACTIVATION_SAFETY * peak)
+    if metric == "aopc":
+        return Footprint(fixed=2 * params, per_block_image=2 * image + 12 * plane, per_sample=activations + 3 * image + 9 * plane)
+    if metric == "max_sensitivity":
+        return Footprint(fixed=2 * params, per_block_image=image + 8 * plane, per_sample=activations + 3 * image + 2 * retained + 8 * plane)
+    if metric == "haas":
+        return Footprint(fixed=2 * params, per_block_image=2 * image, per_sample=activations + image)
+    raise ValueError(f"no memory model for metric {metric!r}")
+
+
+def fit(need: Footprint, batch_size: int, images_per_block: int, budget_mb: float | None) -> Plan:
+    """The largest ``batch_size`` and ``images_per_block`` (at most the configured ones) whose
+    estimate fits ``budget_mb``; None keeps them. Raises ValueError when one image does not fit."""
+
+    def estimate(batch: int, block: int) -> float:
+        return (need.fixed + block * need.per_block_image + batch * need.per_sample) / MIB
+
+    if budget_mb is None:
+        return Plan(batch_size, images_per_block, None, estimate(batch_size, images_per_block))
+    budget = budget_mb * MIB
+    if estimate(1, 1) > budget_mb:
+        raise ValueError(f"memory_mb={budget_mb:g} is too small: one image needs about {estimate(1, 1):.0f} MB "
+                         f"({need.fixed / MIB:.0f} MB model, {need.per_sample / MIB:.1f} MB per forward input); raise memory_mb")
+    block = max(1, min(images_per_block, int(BLOCK_SHARE * (budget - need.fixed) // max(need.per_block_image, 1))))
+    batch = max(1, min(batch_size, int((budget - need.fixed - block * need.per_block_image) // max(need.per_sample, 1))))
+    return Plan(batch, block, budget_mb, estimate(batch, block))
