@@ -3,6 +3,8 @@ import copy
 
 from snakemake.utils import validate
 
+from camfaith.data import registry
+
 METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
 
 
@@ -54,14 +56,24 @@ def final_outputs():
 
 # Config subtrees passed as params: a job sees only what defines its output, so editing one setting
 # re-runs only the jobs that depend on it (Snakemake's params rerun trigger).
+DOWNLOAD_KEYS = ("source", "synthetic", "local_path", "mirror", "cache_dir", "checksums", "retries")
+
+
 def dataset_source(wildcards):
     dataset = config["datasets"][wildcards.dataset]
-    return {"source": dataset["source"], "synthetic": dataset.get("synthetic", {})}
+    return {"name": wildcards.dataset, **{key: dataset[key] for key in DOWNLOAD_KEYS if key in dataset}}
+
+
+def dataset_adapter(dataset):
+    """The configured adapter, else the registry's for that source."""
+    if "adapter" in dataset:
+        return dataset["adapter"]
+    return "metadata_csv" if dataset["source"] == "synthetic" else registry.entry(dataset["source"]).adapter
 
 
 def index_params(wildcards):
     dataset = config["datasets"][wildcards.dataset]
-    return {"adapter": dataset["adapter"], **dataset["index"]}
+    return {"adapter": dataset_adapter(dataset), **dataset["index"]}
 
 
 def split_params(wildcards):

@@ -82,6 +82,8 @@ FLATTEN_MODELS = [
     {"arch": "resnet50", "plain_last_block": True},
     {"arch": "vgg11"},
     {"arch": "vgg19"},
+    {"arch": "efficientnet_b0"},
+    {"arch": "densenet121"},
 ]
 
 
@@ -106,7 +108,8 @@ def test_flatten_head_hirescam_is_faithful_and_differs_from_gradcam(config):
         recovered = maps["hirescam"].sum(dim=(1, 2)) + bias[m]
         relative = (recovered - logits[:, m]).abs() / logits[:, m].abs().clamp(min=1e-12)
         assert relative.max() <= 1e-4, f"class {m}: relative error {relative.max():.2e}"
-        assert not torch.allclose(maps["gradcam"], maps["hirescam"], rtol=1e-3, atol=1e-6)
+        scale = maps["hirescam"].abs().max().item()  # random EfficientNet maps are ~1e-15: compare relatively
+        assert not torch.allclose(maps["gradcam"], maps["hirescam"], rtol=1e-3, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("config", FLATTEN_MODELS, ids=lambda c: c["arch"])

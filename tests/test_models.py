@@ -37,7 +37,7 @@ def target_output_shape(model: nn.Module, layer_name: str, size: int) -> torch.S
 
 
 @pytest.mark.parametrize("head", models.HEADS)
-@pytest.mark.parametrize("arch", models.RESNETS + models.VGGS)
+@pytest.mark.parametrize("arch", models.ARCHS)
 def test_build_model_gives_logits(arch, head):
     size = 64 if arch in ("resnet18", "resnet34", "vgg11") else 32
     spec = ModelSpec.from_config({"arch": arch, "head": head}, num_classes=5, input_size=size)
@@ -181,6 +181,30 @@ def test_missing_pretrained_weights_hint_names_the_right_torch_home_layout(tmp_p
         pretrained_state_dict("ResNet18_Weights.IMAGENET1K_V1")
     hint = str(error.value).split("TORCH_HOME", 1)[1]
     assert "hub/checkpoints" in hint
+
+
+@pytest.mark.parametrize("arch, layer, channels", [("efficientnet_b0", "features.8", 1280), ("densenet121", "features.relu5", 1024)])
+def test_feature_nets_explain_the_activated_output_the_head_sees(arch, layer, channels):
+    model = build_model(ModelSpec(arch=arch, num_classes=5, input_size=64))
+    assert default_target_layer(model) == layer
+    assert target_output_shape(model, None, 64) == (1, channels, 2, 2)
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == channels * 2 * 2
+
+
+def test_feature_nets_cut_after_a_features_module_and_refuse_unknown_names():
+    model = build_model(ModelSpec(arch="efficientnet_b0", num_classes=3, input_size=64, cut_after="6"))
+    assert default_target_layer(model) == "features.6"
+    assert list(dict(model.features.named_children())) == [str(i) for i in range(7)]
+    with pytest.raises(ValueError, match="must name a features module"):
+        build_model(ModelSpec(arch="densenet121", num_classes=3, input_size=64, cut_after="denseblock9"))
+
+
+def test_densenet_published_weight_names_are_mapped_to_the_modules():
+    model = torchvision.models.densenet121(weights=None)
+    legacy = {key.replace("norm1.", "norm.1.").replace("conv2.", "conv.2.") if "denselayer" in key else key: value
+              for key, value in model.state_dict().items()}
+    assert any(".norm.1." in key for key in legacy)
+    assert models._densenet_keys(legacy).keys() == model.state_dict().keys()
 
 
 def test_cached_pretrained_weights_load_without_download(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ Grad-CAM; ``gap`` and ``gap_dense`` heads give the settings where they coincide 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from torch import nn
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 VGGS = ("vgg11", "vgg16", "vgg19")
+# Networks whose trunk is a ``features`` Sequential followed by a classifier (cut and re-headed like VGG).
+FEATURE_NETS = ("efficientnet_b0", "densenet121")
+ARCHS = RESNETS + VGGS + FEATURE_NETS
 HEADS = ("flatten", "gap", "gap_dense")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 CHECKPOINT_FORMAT = "camfaith.model/1"
@@ -57,8 +61,8 @@ class ModelSpec:
         if values.get("trainable") is not None:
             values["trainable"] = tuple(values["trainable"])
         spec = cls(num_classes=num_classes, input_size=input_size, **values)
-        if spec.arch not in RESNETS + VGGS:
-            raise ValueError(f"unknown arch {spec.arch!r}; known: {RESNETS + VGGS}")
+        if spec.arch not in ARCHS:
+            raise ValueError(f"unknown arch {spec.arch!r}; known: {ARCHS}")
         if spec.head not in HEADS:
             raise ValueError(f"unknown head {spec.head!r}; known: {HEADS}")
         return spec
@@ -122,12 +126,59 @@ def _trunk_shape(trunk_forward, input_size: int) -> tuple[int, int, int]:
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
+class FeatureNet(nn.Module):
+    """``classifier(flatten(avgpool(features(x))))`` — VGG's and EfficientNet's forward, for networks
+    whose own forward hard-codes the pooling (DenseNet), so the study's flatten head can replace it."""
+
+    def __init__(self, features: nn.Module, avgpool: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.features, self.avgpool, self.classifier = features, avgpool, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+_DENSENET_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def _densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's published DenseNet weights name layers ``norm.1``; the modules are ``norm1``."""
+    renamed = {}
+    for key, value in state.items():
+        match = _DENSENET_LEGACY_KEY.match(key)
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
+
+
+def _feature_net(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    """EfficientNet-B0 / DenseNet121 cut after ``features[cut_after]`` and re-headed. DenseNet's
+    forward applies a ReLU after ``features``; it becomes ``features.relu5`` so the target layer
+    (by default the last ``features`` module) is the tensor the head sees."""
+    features = model.features
+    if spec.arch.startswith("densenet"):
+        features.add_module("relu5", nn.ReLU())
+    if spec.plain_last_block:
+        raise ValueError("plain_last_block applies to ResNets only")
+    names = [name for name, _ in features.named_children()]
+    cut = names[-1] if spec.cut_after is None else str(spec.cut_after)
+    if cut not in names:
+        raise ValueError(f"cut_after for {spec.arch} must name a features module ({names}), got {cut!r}")
+    kept = nn.Sequential(OrderedDict(list(features.named_children())[: names.index(cut) + 1]))
+    net = FeatureNet(kept, nn.Identity(), nn.Identity()).eval()
+    net.avgpool, net.classifier = _head(spec, *_trunk_shape(kept, spec.input_size))
+    net.camfaith_target = f"features.{cut}"
+    return net
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """A torchvision model cut and re-headed as ``spec`` says, in eval mode on the CPU."""
     model = torchvision.models.get_model(spec.arch, weights=None)
     if spec.weights:
-        model.load_state_dict(pretrained_state_dict(spec.weights))
-    if spec.arch in RESNETS:
+        state = pretrained_state_dict(spec.weights)
+        model.load_state_dict(_densenet_keys(state) if spec.arch.startswith("densenet") else state)
+    if spec.arch in FEATURE_NETS:
+        model = _feature_net(spec, model)
+    elif spec.arch in RESNETS:
         cut = spec.cut_after or "layer4"
         if cut not in RESNET_STAGES:
             raise ValueError(f"cut_after for {spec.arch} must be one of {RESNET_STAGES}, got {cut!r}")
@@ -164,7 +215,10 @@ def _resnet_trunk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """Name of the last ``nn.Conv2d`` in module order (the study's target layer)."""
+    """Name of the last ``nn.Conv2d`` in module order (the study's target layer); for EfficientNet and
+    DenseNet the last ``features`` module (the activated output the head sees, as Grad-CAM users pick)."""
+    if getattr(model, "camfaith_target", None):
+        return model.camfaith_target
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not names:
         raise ValueError("model has no Conv2d layer to explain")

@@ -20,14 +20,23 @@ from camfaith.store import write_table
 log = logging.getLogger(__name__)
 
 
+DEFAULT_DOWNLOAD_CACHE = Path("resources") / "downloads"
+
+
 def download(dataset: dict, out_dir: str | Path) -> None:
-    """Materialise the raw dataset in ``out_dir``. Sources: ``synthetic`` (generated from a seed)."""
+    """Materialise the raw dataset in ``out_dir``. ``synthetic`` is generated from its seed; any
+    other source is a registry entry (:mod:`camfaith.data.registry`) whose archives are fetched,
+    verified and unpacked, and converted to images where the format needs it."""
+    out_dir = Path(out_dir)
+    if dataset.get("source") == "synthetic":
+        _generate_synthetic(dataset, out_dir)
+    else:
+        _fetch_registered(dataset, out_dir)
+
+
+def _generate_synthetic(dataset: dict, out_dir: Path) -> None:
     from camfaith.data import synthetic
 
-    out_dir = Path(out_dir)
-    source = dataset.get("source")
-    if source != "synthetic":
-        raise ValueError(f"dataset source {source!r} is not supported yet (only 'synthetic')")
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     spec = synthetic.SyntheticSpec.from_config(dataset.get("synthetic", {}))
@@ -35,6 +44,38 @@ def download(dataset: dict, out_dir: str | Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)  # the folder appears whole or not at all
     log.info("generated synthetic dataset %s in %s", spec, out_dir)
+
+
+def _fetch_registered(dataset: dict, out_dir: Path) -> None:
+    import json
+
+    from camfaith.data import adapters, archives, fetch, registry
+
+    entry = registry.entry(dataset["source"])
+    name = dataset.get("name", entry.name)
+    cache = Path(dataset.get("cache_dir") or DEFAULT_DOWNLOAD_CACHE)
+    local_path = Path(dataset["local_path"]) if dataset.get("local_path") else None
+    # Kept across attempts: archives already unpacked here (marker files) are not unpacked again.
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    files = []
+    for remote in entry.files:
+        pinned = (dataset.get("checksums") or {}).get(remote.name)
+        archive = fetch.fetch(remote, name, cache, known_hash=pinned, mirror=dataset.get("mirror"), local_path=local_path,
+                              retries=int(dataset.get("retries", 3)))
+        sha256 = fetch.check_hash(archive, None)
+        if not (pinned or remote.known_hash):
+            log.warning("%s has no published checksum; its SHA-256 is %s. Pin it with datasets.%s.checksums: {%s: 'sha256:%s'}",
+                        remote.name, sha256, name, remote.name, sha256)
+        archives.extract(archive, staging / remote.extract_to, sha256)
+        files.append({"name": remote.name, "source": remote.page, "sha256": sha256, "bytes": archive.stat().st_size,
+                      "checked_against": pinned or remote.known_hash})
+    if entry.prepare and not (staging / "metadata.csv").is_file():
+        log.info("converting %s to images (%s)", entry.name, entry.prepare)
+        adapters.CONVERTERS[entry.prepare](staging)
+    (staging / "manifest.json").write_text(json.dumps({"source": entry.name, "title": entry.title, "files": files}, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    log.info("%s ready in %s (%d archive(s))", entry.title, out_dir, len(files))
 
 
 def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_path: str | Path) -> None:

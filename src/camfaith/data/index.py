@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from camfaith.data.adapters import ADAPTERS as DATASET_ADAPTERS
+
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = (
@@ -39,8 +41,11 @@ def read_metadata_csv(root: Path) -> pd.DataFrame:
     return table.rename(columns=rename)
 
 
+# One adapter per on-disk layout: the generic metadata.csv one here, the published datasets' own in
+# camfaith.data.adapters.
 ADAPTERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     "metadata_csv": read_metadata_csv,
+    **DATASET_ADAPTERS,
 }
 
 

@@ -1,0 +1,180 @@
+"""The datasets camfaith knows: where each comes from, how it is checked, laid out, grouped and split.
+
+Every entry names the archives to fetch (direct URLs, or a Kaggle dataset/competition that needs the
+user's API token), their checksums where the publisher gives one, the index adapter that reads the
+extracted layout (:mod:`camfaith.data.adapters`), and the group key that keeps related images in one
+split. ``docs/datasets.md`` is the human-readable version of this table; keep them in step.
+
+Checksums: ``md5:``/``sha256:`` strings as pooch takes them. ``None`` means the publisher gives
+none (Kaggle re-packs its archives); the download stage then records the SHA-256 it saw in the
+dataset's ``manifest.json`` and a config ``checksums:`` entry can pin it from then on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One archive of a dataset.
+
+    ``url``: a direct download; ``kaggle``: ``datasets/<owner>/<name>`` or ``competitions/<name>``
+    (fetched with the user's token from Kaggle's API). ``extract_to``: sub-folder of the dataset
+    folder the archive is unpacked into ("" = the folder itself). ``size``: bytes, when known.
+    """
+
+    name: str
+    url: str | None = None
+    kaggle: str | None = None
+    known_hash: str | None = None
+    size: int | None = None
+    extract_to: str = ""
+
+    @property
+    def page(self) -> str:
+        """Where a person downloads this file by hand."""
+        if self.kaggle:
+            return f"https://www.kaggle.com/{self.kaggle}"
+        return str(self.url)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    title: str
+    files: tuple[RemoteFile, ...]
+    adapter: str
+    classes: tuple[str, ...]
+    group_key: str
+    split_rule: str
+    licence: str
+    citation: str
+    size_note: str
+    prepare: str | None = None  # a converter run after extraction (binary formats → PNG + metadata.csv)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+KAGGLE_API = "https://www.kaggle.com/api/v1"
+
+DATASETS: dict[str, DatasetEntry] = {
+    "crc": DatasetEntry(
+        name="crc",
+        title="NCT-CRC-HE-100K + CRC-VAL-HE-7K (colorectal cancer histology, 9 tissue classes)",
+        files=(
+            RemoteFile("NCT-CRC-HE-100K.zip", url="https://zenodo.org/records/1214456/files/NCT-CRC-HE-100K.zip",
+                       known_hash="md5:6fd702d11df6292bc054397ae038a464", size=11_690_284_003),
+            RemoteFile("CRC-VAL-HE-7K.zip", url="https://zenodo.org/records/1214456/files/CRC-VAL-HE-7K.zip",
+                       known_hash="md5:2fd1651b4f94ebd818ebf90ad2b6ce06", size=800_276_929),
+        ),
+        adapter="crc_folders",
+        classes=("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"),
+        group_key="image (the patches carry no patient id)",
+        split_rule="official: CRC-VAL-HE-7K is the test set; NCT-CRC-HE-100K is split into train/val",
+        licence="CC BY 4.0",
+        citation="Kather, Halama, Marx (2018), Zenodo record 1214456, doi:10.5281/zenodo.1214456",
+        size_note="100,000 + 7,180 patches of 224×224 px (TIFF); 12.5 GB of archives",
+    ),
+    "covid_radiography": DatasetEntry(
+        name="covid_radiography",
+        title="COVID-19 Radiography Database (chest X-rays, 4 classes)",
+        files=(RemoteFile("covid19-radiography-database.zip", kaggle="datasets/tawsifurrahman/covid19-radiography-database"),),
+        adapter="covid_folders",
+        classes=("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"),
+        group_key="image (no patient id is published; the study's split was not patient-grouped either)",
+        split_rule="grouped stratified split by the config's fractions",
+        licence="see the Kaggle page (data from several public sources, each with its own terms)",
+        citation="Chowdhury et al. (2020) IEEE Access; Rahman et al. (2021) Comput. Biol. Med.",
+        size_note="21,165 PNG images of 299×299 px with lung masks; about 0.8 GB",
+        notes=("lung masks are 256×256 px and are resized to the image when drawn",),
+    ),
+    "ham10000": DatasetEntry(
+        name="ham10000",
+        title="HAM10000 (dermatoscopic images, 7 classes)",
+        files=(RemoteFile("skin-cancer-mnist-ham10000.zip", kaggle="datasets/kmader/skin-cancer-mnist-ham10000"),),
+        adapter="ham10000_csv",
+        classes=("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"),
+        group_key="lesion_id (several images of one lesion stay together)",
+        split_rule="grouped stratified split by the config's fractions",
+        licence="CC BY-NC 4.0 (Harvard Dataverse doi:10.7910/DVN/DBW86T)",
+        citation="Tschandl, Rosendahl, Kittler (2018) Sci. Data 5:180161",
+        size_note="10,015 JPEG images of 600×450 px, 7,470 lesions; about 2.7 GB",
+    ),
+    "breakhis": DatasetEntry(
+        name="breakhis",
+        title="BreakHis v1 (breast tumour histology, benign/malignant, 4 magnifications)",
+        files=(RemoteFile("breakhis.zip", kaggle="datasets/ambarish/breakhis"),),
+        adapter="breakhis_folders",
+        classes=("benign", "malignant"),
+        group_key="patient, parsed from the file name (SOB_B_A-14-22549AB-40-001.png → 14-22549), so all "
+                  "slides and magnifications of a patient stay in one split",
+        split_rule="grouped stratified split by the config's fractions",
+        licence="research use (see the UFPR page, https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/)",
+        citation="Spanhol et al. (2016) IEEE Trans. Biomed. Eng. 63(7)",
+        size_note="7,909 PNG images of 700×460 px from 82 patients; about 4 GB",
+        notes=("the study's hand-made split put slides of one patient (14-22549AB and 14-22549CD) into different "
+               "splits; grouping by patient rules that out",),
+    ),
+    "aptos2019": DatasetEntry(
+        name="aptos2019",
+        title="APTOS 2019 Blindness Detection (fundus photographs, 5 retinopathy grades)",
+        files=(RemoteFile("aptos2019-blindness-detection.zip", kaggle="competitions/aptos2019-blindness-detection"),),
+        adapter="aptos_csv",
+        classes=("0", "1", "2", "3", "4"),
+        group_key="image (no patient id is published)",
+        split_rule="only train.csv is labelled; it is split by the config's fractions",
+        licence="Kaggle competition rules (accept them on the competition page before downloading)",
+        citation="Asia Pacific Tele-Ophthalmology Society, Kaggle 2019",
+        size_note="3,662 labelled PNG images of varying size; about 10 GB with the unlabelled test images",
+    ),
+    "cifar10": DatasetEntry(
+        name="cifar10",
+        title="CIFAR-10 (32×32 natural images, 10 classes)",
+        files=(RemoteFile("cifar-10-python.tar.gz", url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                          known_hash="md5:c58f30108f718f92721af3b95e74349a", size=170_498_071),),
+        adapter="metadata_csv",
+        prepare="cifar10_batches",
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        group_key="image",
+        split_rule="official: test_batch is the test set; the five training batches are split into train/val",
+        licence="no licence stated by the authors; cite the tech report",
+        citation="Krizhevsky (2009) Learning Multiple Layers of Features from Tiny Images",
+        size_note="60,000 images; 163 MB archive, written out as PNG",
+    ),
+    "stl10": DatasetEntry(
+        name="stl10",
+        title="STL-10 (96×96 natural images, 10 classes)",
+        files=(RemoteFile("stl10_binary.tar.gz", url="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+                          known_hash="md5:91f7769df0f17e558f3565bffb0c7dfb"),),
+        adapter="metadata_csv",
+        prepare="stl10_binary",
+        classes=("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+        group_key="image",
+        split_rule="official: the test set is the test set; the 5,000 training images are split into train/val "
+                   "(the 100,000 unlabelled images are not used)",
+        licence="no licence stated by the authors; cite the paper",
+        citation="Coates, Lee, Ng (2011) AISTATS",
+        size_note="13,000 labelled images; about 2.5 GB archive (mostly the unlabelled part), written out as PNG",
+    ),
+    "imagenette": DatasetEntry(
+        name="imagenette",
+        title="Imagenette 2 (10 easy ImageNet classes, full size)",
+        files=(RemoteFile("imagenette2.tgz", url="https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
+                          known_hash="md5:fe2fc210e6bb7c5664d602c3cd71e612"),),
+        adapter="imagenette_folders",
+        classes=("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042", "n03425413",
+                 "n03445777", "n03888605"),
+        group_key="image",
+        split_rule="official: imagenette2/val is the test set; imagenette2/train is split into train/val",
+        licence="Apache 2.0 (fast.ai); images from ImageNet, under its terms",
+        citation="Howard (2019) github.com/fastai/imagenette",
+        size_note="13,394 JPEG images; 1.5 GB archive",
+    ),
+}
+
+
+def entry(source: str) -> DatasetEntry:
+    """The registry entry of ``source``; a clear error naming the known ones otherwise."""
+    if source not in DATASETS:
+        raise ValueError(f"unknown dataset source {source!r}; known: {sorted(DATASETS)} (or 'synthetic')")
+    return DATASETS[source]

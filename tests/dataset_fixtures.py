@@ -1,0 +1,275 @@
+"""Tiny copies of the published datasets in their real layouts and archive formats, and a real HTTP
+server on 127.0.0.1 that serves them the way the hosts do (Range requests, ETags, Kaggle's Basic auth).
+
+Each builder writes a handful of real images (PNG/JPEG/TIFF, or the binary batch formats) into the
+folder structure the publisher ships and packs them into the publisher's archive type.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import pickle
+import tarfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from camfaith.data import registry
+from camfaith.data.fetch import source_url
+
+KAGGLE_USER, KAGGLE_KEY = "tester", "secret-key"
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (24, 24), fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    pixels = rng.integers(0, 255, (size[1], size[0], channels), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze() if channels == 1 else pixels, mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_of(files: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as bundle:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+# --- one builder per dataset: {archive name: archive bytes} -----------------------------------------------
+
+
+def crc() -> dict[str, bytes]:
+    train = {f"NCT-CRC-HE-100K/{c}/{c}-TRAIN{i:03d}.tif": image_bytes(10 * k + i, fmt="TIFF") for k, c in enumerate(("ADI", "TUM", "NORM")) for i in range(6)}
+    test = {f"CRC-VAL-HE-7K/{c}/{c}-TEST{i:03d}.tif": image_bytes(100 + 10 * k + i, fmt="TIFF") for k, c in enumerate(("ADI", "TUM", "NORM")) for i in range(2)}
+    return {"NCT-CRC-HE-100K.zip": zip_of(train), "CRC-VAL-HE-7K.zip": zip_of(test)}
+
+
+COVID_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+
+def covid_radiography() -> dict[str, bytes]:
+    files = {}
+    for k, c in enumerate(COVID_CLASSES):
+        for i in range(1, 6):
+            files[f"COVID-19_Radiography_Dataset/{c}/images/{c}-{i}.png"] = image_bytes(10 * k + i, mode="L")
+            files[f"COVID-19_Radiography_Dataset/{c}/masks/{c}-{i}.png"] = image_bytes(50 + 10 * k + i, (16, 16), mode="L")
+    files["COVID-19_Radiography_Dataset/COVID.metadata.xlsx"] = b"not read"
+    return {"covid19-radiography-database.zip": zip_of(files)}
+
+
+HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+
+def ham10000() -> dict[str, bytes]:
+    rows, files = [], {}
+    for k, dx in enumerate(HAM_CLASSES):
+        for lesion in range(5):
+            for shot in range(2 if lesion % 2 == 0 else 1):  # some lesions have two images
+                image_id = f"ISIC_{k:02d}{lesion:02d}{shot}"
+                rows.append({"lesion_id": f"HAM_{k:02d}{lesion:02d}", "image_id": image_id, "dx": dx, "dx_type": "histo", "age": 50,
+                             "sex": "male", "localization": "back"})
+                part = 1 if lesion < 3 else 2
+                data = image_bytes(100 * k + 10 * lesion + shot, fmt="JPEG")
+                files[f"HAM10000_images_part_{part}/{image_id}.jpg"] = data
+                files[f"ham10000_images_part_{part}/{image_id}.jpg"] = data  # Kaggle's copy ships every image twice
+    files["HAM10000_metadata.csv"] = pd.DataFrame(rows).to_csv(index=False).encode()
+    return {"skin-cancer-mnist-ham10000.zip": zip_of(files)}
+
+
+# (kind, subtype folder, subtype code, slide folder id): 14-22549AB and 14-22549CD are one patient's two slides,
+# the case the study's hand-made split sent to different splits.
+BREAKHIS_SLIDES = [
+    ("benign", "fibroadenoma", "F", "14-22549AB"), ("benign", "fibroadenoma", "F", "14-22549CD"),
+    ("benign", "adenosis", "A", "14-22549G"), ("benign", "adenosis", "A", "14-21998AB"),
+    ("benign", "tubular_adenoma", "TA", "14-16184"), ("benign", "phyllodes_tumor", "PT", "14-29960AB"),
+    ("benign", "phyllodes_tumor", "PT", "14-29960CD"), ("benign", "adenosis", "A", "14-19854C"),
+    ("malignant", "ductal_carcinoma", "DC", "14-13412"), ("malignant", "lobular_carcinoma", "LC", "14-15570"),
+    ("malignant", "ductal_carcinoma", "DC", "14-23060AB"), ("malignant", "ductal_carcinoma", "DC", "14-23060CD"),
+    ("malignant", "mucinous_carcinoma", "MC", "14-10147"), ("malignant", "papillary_carcinoma", "PC", "14-9146"),
+    ("malignant", "ductal_carcinoma", "DC", "14-2523"), ("malignant", "lobular_carcinoma", "LC", "14-16196"),
+]
+
+
+def breakhis_name(kind: str, code: str, slide: str, magnification: int, number: int) -> str:
+    return f"SOB_{'B' if kind == 'benign' else 'M'}_{code}-{slide}-{magnification}-{number:03d}.png"
+
+
+def breakhis() -> dict[str, bytes]:
+    files = {}
+    for k, (kind, subtype, code, slide) in enumerate(BREAKHIS_SLIDES):
+        for magnification in (40, 100, 200, 400):
+            for number in (1, 2):
+                name = breakhis_name(kind, code, slide, magnification, number)
+                path = f"BreaKHis_v1/BreaKHis_v1/histology_slides/breast/{kind}/SOB/{subtype}/SOB_{'B' if kind == 'benign' else 'M'}_{code}_{slide}/{magnification}X/{name}"
+                files[path] = image_bytes(1000 * k + 10 * magnification + number, (28, 18))
+    files["Folds.csv"] = b"fold,mag,grp,filename\n"
+    return {"breakhis.zip": zip_of(files)}
+
+
+def aptos2019() -> dict[str, bytes]:
+    rows, files = [], {}
+    for grade in range(5):
+        for i in range(6):
+            code = f"{grade:x}{i:03x}abcd"
+            rows.append({"id_code": code, "diagnosis": grade})
+            files[f"train_images/{code}.png"] = image_bytes(10 * grade + i, (30, 26))
+    files["train.csv"] = pd.DataFrame(rows).to_csv(index=False).encode()
+    files["test.csv"] = b"id_code\nffff0000\n"
+    files["test_images/ffff0000.png"] = image_bytes(999)
+    return {"aptos2019-blindness-detection.zip": zip_of(files)}
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar10() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    files = {"cifar-10-batches-py/batches.meta": pickle.dumps({"label_names": CIFAR_NAMES, "num_cases_per_batch": 4})}
+    for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [int(v) for v in rng.integers(0, 10, 4)]
+        files[f"cifar-10-batches-py/{batch}"] = pickle.dumps({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": labels})
+    return {"cifar-10-python.tar.gz": tar_of(files)}
+
+
+STL_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def stl10() -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    files = {"stl10_binary/class_names.txt": "\n".join(STL_NAMES).encode() + b"\n"}
+    for part, count in (("train", 40), ("test", 5)):
+        files[f"stl10_binary/{part}_X.bin"] = rng.integers(0, 255, count * 3 * 96 * 96, dtype=np.uint8).tobytes()
+        files[f"stl10_binary/{part}_y.bin"] = (np.arange(count) % 10 + 1).astype(np.uint8).tobytes()
+    files["stl10_binary/unlabeled_X.bin"] = b""
+    return {"stl10_binary.tar.gz": tar_of(files)}
+
+
+IMAGENETTE_WNIDS = ["n01440764", "n02102040", "n02979186"]
+
+
+def imagenette() -> dict[str, bytes]:
+    files = {}
+    for k, wnid in enumerate(IMAGENETTE_WNIDS):
+        for split, count in (("train", 5), ("val", 2)):
+            for i in range(count):
+                files[f"imagenette2/{split}/{wnid}/{wnid}_{split}{i}.JPEG"] = image_bytes(100 * k + 10 * (split == "val") + i, fmt="JPEG")
+    files["imagenette2/noisy_imagenette.csv"] = b"path,noisy_labels_0\n"
+    return {"imagenette2.tgz": tar_of(files)}
+
+
+BUILDERS = {"crc": crc, "covid_radiography": covid_radiography, "ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019,
+            "cifar10": cifar10, "stl10": stl10, "imagenette": imagenette}
+
+
+def md5(data: bytes) -> str:
+    return "md5:" + hashlib.md5(data).hexdigest()
+
+
+# --- the server -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """What the server holds and saw. ``cut_first``: path → bytes after which the first response for
+    that path is cut off (an interrupted transfer)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut_first: dict[str, int] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    bytes_sent: int = 0
+    ranges: bool = True
+
+
+class FixtureServer:
+    """``ThreadingHTTPServer`` on 127.0.0.1 serving :class:`Served` files; ``/api/v1/…`` (Kaggle)
+    requires Basic auth with :data:`KAGGLE_USER`/:data:`KAGGLE_KEY`."""
+
+    def __init__(self) -> None:
+        self.served = Served()
+        served = self.served
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                served.requests.append((path, dict(self.headers)))
+                if path.startswith("/api/v1/"):
+                    expected = "Basic " + base64.b64encode(f"{KAGGLE_USER}:{KAGGLE_KEY}".encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                data = served.files.get(path)
+                if data is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                etag = '"' + hashlib.sha1(data).hexdigest() + '"'
+                start = 0
+                wanted = self.headers.get("Range")
+                if served.ranges and wanted and self.headers.get("If-Range", etag) == etag:
+                    start = int(wanted.removeprefix("bytes=").split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                cut = served.cut_first.pop(path, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    served.bytes_sent += cut
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+                served.bytes_sent += len(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FixtureServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def publish(self, dataset: str, archives: dict[str, bytes]) -> None:
+        """Serve ``archives`` at the paths the registry's URLs have (their host replaced by ours)."""
+        for remote in registry.entry(dataset).files:
+            self.served.files[urlsplit(source_url(remote, self.url)).path] = archives[remote.name]
+
+    def path_of(self, dataset: str, name: str) -> str:
+        remote = next(r for r in registry.entry(dataset).files if r.name == name)
+        return urlsplit(source_url(remote, self.url)).path
