@@ -5,12 +5,18 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
 include: "rules/common.smk"
 
 
+# Before the default config is merged under it: a --configfile that names its own datasets describes a
+# whole study, whose datasets and models must replace the default ones, not join them.
+study = study_sections(config)
+
+
+configfile: workflow.source_path("config/config.yaml")
+
+
+adopt_study_sections(study)
 validate_config()
 
 

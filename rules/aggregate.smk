@@ -65,3 +65,23 @@ rule overlays:
         runtime=10,
     script:
         "../workflow/scripts/overlays.py"
+
+
+rule sweep_table:
+    input:
+        summary="results/aggregate/tables/summary.csv",
+        classification="results/aggregate/tables/classification.csv",
+    output:
+        csv=report("results/aggregate/tables/haas_sweep.csv", category="Tables", labels={"table": "HAAS sweep extremes"}),
+        md="results/aggregate/tables/haas_sweep.md",
+    params:
+        sweep=sweep_params(),
+    log:
+        "logs/aggregate/sweep_table.log",
+    benchmark:
+        "benchmarks/aggregate/sweep_table.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/sweep_table.py"

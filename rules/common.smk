@@ -3,14 +3,33 @@ import copy
 
 from snakemake.utils import validate
 
+from camfaith import sweep
 from camfaith.data import registry
 
 METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
+GRID_MEMBERS = {}  # dataset -> expanded model name -> its grid values (filled by validate_config)
+
+
+def study_sections(user_config):
+    """The ``datasets`` and ``models`` a user config brings (None when it brings no datasets)."""
+    if "datasets" not in user_config:
+        return None
+    return {key: copy.deepcopy(user_config.get(key, {})) for key in ("datasets", "models")}
+
+
+def adopt_study_sections(study):
+    if study is not None:
+        config.update(study)
 
 
 def validate_config():
-    """Schema first (names the wrong key), then the cross-references a schema cannot express."""
-    validate(config, schema=workflow.source_path("../config/schema.yaml"))
+    """Schema first (names the wrong key), then the cross-references a schema cannot express; then
+    model grids are expanded into one model per combination (camfaith.sweep)."""
+    global GRID_MEMBERS
+    schema = workflow.source_path("../config/schema.yaml")
+    validate(config, schema=schema)
+    config["models"], GRID_MEMBERS = sweep.expand(config["models"])
+    validate(config, schema=schema)  # the expanded members, with their grid values in place
     for dataset, models in config["models"].items():
         if dataset not in config["datasets"]:
             raise ValueError(f"config models.{dataset}: no dataset {dataset!r} under datasets ({sorted(config['datasets'])})")
@@ -50,8 +69,13 @@ def overlay_figures(extension):
     return [f for dataset, model in dataset_models() for f in expand("results/aggregate/figures/overlays/{dataset}/{model}.{ext}", dataset=dataset, model=model, ext=extension)]
 
 
+def sweep_outputs():
+    """The min/max HAAS table, when a model grid is configured and HAAS is enabled."""
+    return list(rules.sweep_table.output) if GRID_MEMBERS and "haas" in enabled_metrics() else []
+
+
 def final_outputs():
-    return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"])
+    return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"]) + sweep_outputs()
 
 
 # Config subtrees passed as params: a job sees only what defines its output, so editing one setting
@@ -120,6 +144,12 @@ def overlay_inputs(wildcards):
     maps = expand("results/explain/{dataset}/{model}/{method}.h5", dataset=wildcards.dataset, model=wildcards.model, method=methods())
     named = {f"maps_{method}": path for method, path in zip(methods(), maps)}
     return {**named, "raw": f"results/download/{wildcards.dataset}", "index": f"results/index/{wildcards.dataset}/index.parquet"}
+
+
+def sweep_params():
+    """What the min/max table needs: each grid member's values, and the method HAAS is read for
+    (HiResCAM, as in the study's sweep, when it is configured)."""
+    return {"members": GRID_MEMBERS, "method": "hirescam" if "hirescam" in methods() else methods()[0]}
 
 
 def identities():

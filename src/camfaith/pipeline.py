@@ -309,3 +309,14 @@ def overlay_figure(maps_paths: dict[str, str], index_path, raw_dir, params: dict
 
     table = pd.read_parquet(index_path)
     plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"]), png, pdf)
+
+
+def sweep_table(summary_csv, classification_csv, params: dict, csv_path, md_path) -> None:
+    """Highest- and lowest-HAAS member of every model grid, with hyperparameters and test scores."""
+    from camfaith import aggregate as agg
+    from camfaith import sweep
+
+    table = sweep.extremes(pd.read_csv(summary_csv), pd.read_csv(classification_csv), params["members"], params["method"])
+    write_csv(table, csv_path)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(f"# HAAS over each hyperparameter grid ({params['method']}): highest and lowest\n\n" + agg.markdown_table(table))
