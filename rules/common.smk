@@ -4,6 +4,7 @@ import copy
 from snakemake.utils import validate
 
 from camfaith import sweep
+from camfaith.io import software_fingerprint
 from camfaith.data import registry
 
 METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
@@ -76,6 +77,12 @@ def sweep_outputs():
 
 def final_outputs():
     return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"]) + sweep_outputs()
+
+
+# Versions of everything camfaith computes with, as a param of the heavy rules: upgrading torch (or
+# any of its dependencies) re-runs training, maps and scores, also in a container, where no file
+# Snakemake watches changes. Computed once per invocation (about 0.2 s).
+SOFTWARE = software_fingerprint()
 
 
 # Config subtrees passed as params: a job sees only what defines its output, so editing one setting

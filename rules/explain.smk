@@ -11,6 +11,7 @@ rule explain:
     output:
         maps="results/explain/{dataset}/{model}/{method}.h5",
     params:
+        software=SOFTWARE,
         explain=explain_params,
     log:
         "logs/explain/{dataset}/{model}/{method}.log",

@@ -12,6 +12,7 @@ rule score:
     output:
         scores="results/score/{dataset}/{model}/{method}/{metric}.parquet",
     params:
+        software=SOFTWARE,
         score=score_params,
     log:
         "logs/score/{dataset}/{model}/{method}/{metric}.log",

@@ -11,6 +11,7 @@ rule train:
         model="results/train/{dataset}/{model}/model.pt",
         history="results/train/{dataset}/{model}/history.parquet",
     params:
+        software=SOFTWARE,
         train=train_params,
         # Not an output: it must survive a killed job so the next run resumes from it.
         resume="results/train/{dataset}/{model}/resume.pt",
@@ -36,6 +37,7 @@ rule evaluate:
     output:
         scores="results/evaluate/{dataset}/{model}/test_scores.parquet",
     params:
+        software=SOFTWARE,
         evaluate=evaluate_params,
     log:
         "logs/evaluate/{dataset}/{model}.log",

@@ -53,6 +53,39 @@ def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, 
     return versions
 
 
+def runtime_versions(root: str = "camfaith") -> dict[str, str]:
+    """``name → version`` of ``root`` and every distribution it needs at run time, recursively
+    (requirement markers evaluated for this interpreter; extras such as ``test`` and ``bench`` left out,
+    so installing pytest or the benchmark's alternatives changes nothing). Snakemake and its plugins
+    are left out too: the workflow engine schedules the computations but takes no part in them."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    versions: dict[str, str] = {}
+    pending = [root]
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in versions or name.startswith("snakemake"):
+            continue
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+            continue
+        versions[name] = distribution.version
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return dict(sorted(versions.items()))
+
+
+def software_fingerprint(root: str = "camfaith") -> str:
+    """16 hex digits identifying :func:`runtime_versions`. The heavy rules take it as a param, so a
+    dependency upgrade re-runs them — also inside a container, where Snakemake sees no files change."""
+    return hashlib.sha256(canonical_json(runtime_versions(root)).encode()).hexdigest()[:16]
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed derived from ``parts`` (e.g. seed, image id, step) by BLAKE2b.
 
