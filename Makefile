@@ -41,6 +41,21 @@ lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json ".[test]"
 	$(BIN)/python -c 'import json; r = json.load(open(".lock-report.json")); pins = sorted((i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in r["install"] if i["metadata"]["name"].lower() != "camfaith"); head = [l for l in open("requirements.lock") if l.startswith("#")]; open("requirements.lock", "w").write("".join(head) + "".join(f"{n}=={v}\n" for n, v in pins))'
 	rm -f .lock-report.json
+# The same pins for the image and conda: requirements-hashed.lock (sha256 of each Linux x86_64
+# CPython 3.11 file, from PyPI's listing) and envs/camfaith.yaml's pip list.
+	$(BIN)/python ci/lock_sync.py
 
 clean-results:
 	rm -rf results logs benchmarks/*/ .snakemake
+
+# Builds the Dockerfile on a private Docker engine with a stand-in base image and runs the tiny config
+# in it (root, Debian; needs 35 GB free, uses about 27 GB; 7-9 minutes; docs/container.md).
+.PHONY: image-test
+image-test:
+	ci/image_test.sh
+
+# Runs the tiny config through profiles/slurm on a throwaway one-node SLURM cluster with two fake
+# GPUs (root, Debian; installs SLURM when missing; about 6 minutes; docs/cluster.md).
+.PHONY: slurm-test
+slurm-test: $(STAMP)
+	VENV=$(abspath $(VENV)) ci/slurm_proof.sh
