@@ -188,7 +188,7 @@ def test_an_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
     server.served.cut_first[path] = cut
     remote = registry.entry("stl10").files[0]
     got = fetch.fetch(remote, "stl10", tmp_path, known_hash=fx.md5(data), mirror=server.url)
-    assert got.read_bytes() == data
+    assert got.path.read_bytes() == data and got.sha256 == fetch.file_hash(got.path)
     ranges = [headers.get("Range") for p, headers in server.served.requests if p == path]
     assert len(ranges) == 2 and ranges[0] is None
     resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
@@ -205,7 +205,7 @@ def test_a_killed_download_resumes_from_its_part_file_on_the_next_run(server, tm
     etag = '"' + __import__("hashlib").sha1(data).hexdigest() + '"'
     (tmp_path / "imagenette2.tgz.part.json").write_text(json.dumps({"validator": etag}))
     got = fetch.fetch(remote, "imagenette", tmp_path, known_hash=fx.md5(data), mirror=server.url)
-    assert got.read_bytes() == data and server.served.bytes_sent == len(data) - half
+    assert got.path.read_bytes() == data and server.served.bytes_sent == len(data) - half
     assert not (tmp_path / "imagenette2.tgz.part").exists()
 
 
@@ -215,7 +215,7 @@ def test_a_part_file_of_an_older_version_is_not_resumed(server, tmp_path):
     (tmp_path / "imagenette2.tgz.part").write_bytes(b"x" * 100)
     (tmp_path / "imagenette2.tgz.part.json").write_text(json.dumps({"validator": '"an-old-etag"'}))
     got = fetch.fetch(registry.entry("imagenette").files[0], "imagenette", tmp_path, known_hash=fx.md5(data), mirror=server.url)
-    assert got.read_bytes() == data and server.served.bytes_sent == len(data)
+    assert got.path.read_bytes() == data and server.served.bytes_sent == len(data)
 
 
 def test_kaggle_without_token_or_local_path_says_what_to_download_and_where(monkeypatch, tmp_path):
@@ -258,6 +258,16 @@ def test_a_manual_download_in_local_path_is_used_without_the_network(server, tmp
     _, index, _, _ = run_stages(tmp_path, dataset)
     assert len(index) == 20 and index["mask_path"].notna().all()
     assert server.served.requests == []
+
+
+def test_a_manual_download_that_differs_from_its_pinned_hash_is_refused(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "breakhis.zip").write_bytes(b"not the archive")
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(fetch.ChecksumError, match=r"breakhis.zip: sha256 checksum mismatch: expected 0{64}, got [0-9a-f]{64}"):
+        pipeline.download({"name": "bh", "source": "breakhis", "local_path": str(manual), "checksums": {"breakhis.zip": wrong}}, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "raw.partial").exists()
 
 
 def test_a_missing_manual_download_names_the_file(tmp_path):

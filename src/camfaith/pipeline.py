@@ -60,9 +60,9 @@ def _fetch_registered(dataset: dict, out_dir: Path) -> None:
     files = []
     for remote in entry.files:
         pinned = (dataset.get("checksums") or {}).get(remote.name)
-        archive = fetch.fetch(remote, name, cache, known_hash=pinned, mirror=dataset.get("mirror"), local_path=local_path,
+        fetched = fetch.fetch(remote, name, cache, known_hash=pinned, mirror=dataset.get("mirror"), local_path=local_path,
                               retries=int(dataset.get("retries", 3)))
-        sha256 = fetch.check_hash(archive, None)
+        archive, sha256 = fetched.path, fetched.sha256
         if not (pinned or remote.known_hash):
             log.warning("%s has no published checksum; its SHA-256 is %s. Pin it with datasets.%s.checksums: {%s: 'sha256:%s'}",
                         remote.name, sha256, name, remote.name, sha256)

@@ -162,24 +162,36 @@ class ResumableDownloader:
         log.info("%s: received %.1f MB", self.part_path.name, done / 2**20)
 
 
-def file_hash(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
+def file_hashes(path: Path, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
+    """Hex digests of ``path`` for each of ``algorithms``, in one read (archives are gigabytes)."""
+    digests = {name: hashlib.new(name) for name in dict.fromkeys(algorithms)}
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        for block in iter(lambda: handle.read(CHUNK * 16), b""):
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
+    return file_hashes(path, (algorithm,))[algorithm]
 
 
 def check_hash(path: Path, known_hash: str | None) -> str:
     """Verify ``path`` against ``known_hash`` (``md5:…``/``sha256:…``/bare SHA-256); return its SHA-256."""
-    actual_sha256 = file_hash(path)
-    if known_hash:
-        algorithm, _, expected = known_hash.rpartition(":")
-        algorithm = algorithm or "sha256"
-        actual = actual_sha256 if algorithm == "sha256" else file_hash(path, algorithm)
-        if actual.lower() != expected.lower():
-            raise ChecksumError(f"{path}: {algorithm} checksum mismatch: expected {expected}, got {actual}")
-    return actual_sha256
+    algorithm, _, expected = (known_hash or "").rpartition(":")
+    algorithm = algorithm or "sha256"
+    digests = file_hashes(path, ("sha256", algorithm))
+    if known_hash and digests[algorithm].lower() != expected.lower():
+        raise ChecksumError(f"{path}: {algorithm} checksum mismatch: expected {expected}, got {digests[algorithm]}")
+    return digests["sha256"]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A verified local archive and its SHA-256 (recorded in the dataset's manifest)."""
+
+    path: Path
+    sha256: str
 
 
 def manual_instructions(remote: RemoteFile, dataset: str, cache_dir: Path) -> str:
@@ -189,7 +201,7 @@ def manual_instructions(remote: RemoteFile, dataset: str, cache_dir: Path) -> st
 
 
 def fetch(remote: RemoteFile, dataset: str, cache_dir: Path, known_hash: str | None = None, mirror: str | None = None,
-          local_path: Path | None = None, retries: int = 3, credentials: Credentials | None = None) -> Path:
+          local_path: Path | None = None, retries: int = 3, credentials: Credentials | None = None) -> Fetched:
     """A verified local copy of ``remote``: from ``local_path`` (a manual download, checked in place),
     the cache, or the network (into ``cache_dir``). ``known_hash`` overrides the registry's."""
     known_hash = known_hash or remote.known_hash
@@ -197,12 +209,12 @@ def fetch(remote: RemoteFile, dataset: str, cache_dir: Path, known_hash: str | N
         candidate = Path(local_path) / remote.name
         if not candidate.is_file():
             raise FileNotFoundError(f"datasets.{dataset}.local_path: {candidate} does not exist; {manual_instructions(remote, dataset, cache_dir)}")
-        check_hash(candidate, known_hash)
-        return candidate
+        return Fetched(candidate, check_hash(candidate, known_hash))
     cache_dir = Path(cache_dir)
     target = cache_dir / remote.name
     if target.is_file() and not known_hash:
-        return target  # no hash to check against: a complete earlier download is trusted (see manifest.json)
+        # no hash to check against: a complete earlier download is trusted (its SHA-256 is in manifest.json)
+        return Fetched(target, file_hash(target))
     auth = None
     if remote.kaggle and not mirror:
         auth = credentials or kaggle_credentials()
@@ -217,8 +229,10 @@ def fetch(remote: RemoteFile, dataset: str, cache_dir: Path, known_hash: str | N
     repository = pooch.create(path=cache_dir, base_url="", registry={remote.name: known_hash}, urls={remote.name: url})
     downloader = ResumableDownloader(cache_dir / f"{remote.name}.part", auth, retries=retries)
     try:
-        return Path(repository.fetch(remote.name, downloader=downloader))
+        path = Path(repository.fetch(remote.name, downloader=downloader))
     except ValueError as error:
         if "hash" in str(error).lower():
             raise ChecksumError(f"{dataset}: {remote.name} from {url}: {error}") from error
         raise
+    # pooch has checked the published hash (often md5); the manifest records SHA-256, one more read.
+    return Fetched(path, file_hash(path))
