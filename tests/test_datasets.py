@@ -328,6 +328,23 @@ def test_a_malicious_download_fails_the_stage_and_leaves_no_dataset(server, kagg
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_dataset_re_pointed_to_another_source_does_not_keep_the_old_files(server, kaggle_token, tmp_path):
+    cifar, nette = publish(server, "cifar10"), publish(server, "imagenette")
+    raw = tmp_path / "raw"
+    staging = tmp_path / "raw.partial"
+    leftover = _write(tmp_path / "cifar-10-python.tar.gz", cifar["cifar-10-python.tar.gz"])
+    archives.extract(leftover, staging, fetch.file_hash(leftover))  # an earlier attempt, for another source, that died
+    assert (staging / "cifar-10-batches-py").is_dir()
+    pipeline.download({"name": "raw", "source": "imagenette", "mirror": server.url, "cache_dir": str(tmp_path / "c"),
+                       "checksums": pinned(nette)}, raw)
+    assert not (raw / "cifar-10-batches-py").exists() and (raw / "imagenette2").is_dir()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_extraction_is_idempotent(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(fx.zip_of({"d/x.txt": b"1", "d/y.txt": b"2"}))

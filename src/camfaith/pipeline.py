@@ -55,8 +55,12 @@ def _fetch_registered(dataset: dict, out_dir: Path) -> None:
     name = dataset.get("name", entry.name)
     cache = Path(dataset.get("cache_dir") or DEFAULT_DOWNLOAD_CACHE)
     local_path = Path(dataset["local_path"]) if dataset.get("local_path") else None
-    # Kept across attempts: archives already unpacked here (marker files) are not unpacked again.
+    # Kept across attempts: archives already unpacked here (marker files) are not unpacked again;
+    # unless it holds another source's archives (the dataset was re-pointed), which would mix in.
     staging = out_dir.with_name(out_dir.name + ".partial")
+    expected = {archives.marker_path(staging / r.extract_to, Path(r.name)) for r in entry.files}
+    if any(marker not in expected for marker in staging.rglob(f"{archives.MARKER_PREFIX}*")):
+        shutil.rmtree(staging)
     files = []
     for remote in entry.files:
         pinned = (dataset.get("checksums") or {}).get(remote.name)
