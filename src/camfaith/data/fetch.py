@@ -215,14 +215,10 @@ def fetch(remote: RemoteFile, dataset: str, cache_dir: Path, known_hash: str | N
     if target.is_file() and not known_hash:
         # no hash to check against: a complete earlier download is trusted (its SHA-256 is in manifest.json)
         return Fetched(target, file_hash(target))
-    auth = None
-    if remote.kaggle and not mirror:
-        auth = credentials or kaggle_credentials()
-        if auth is None and not target.is_file():
-            raise MissingCredentialsError(f"{dataset}: {remote.name} is hosted on Kaggle and no API token was found; "
-                                          f"{manual_instructions(remote, dataset, cache_dir)}")
-    elif remote.kaggle:
-        auth = credentials or kaggle_credentials()
+    auth = (credentials or kaggle_credentials()) if remote.kaggle else None
+    if remote.kaggle and auth is None and not mirror and not target.is_file():
+        raise MissingCredentialsError(f"{dataset}: {remote.name} is hosted on Kaggle and no API token was found; "
+                                      f"{manual_instructions(remote, dataset, cache_dir)}")
     import pooch
 
     url = source_url(remote, mirror)
