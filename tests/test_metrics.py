@@ -10,7 +10,7 @@ from torch import nn
 from camfaith import postprocess
 from camfaith.data.images import Preprocessing
 from camfaith.metrics import THESIS, resolve
-from camfaith.metrics import aopc, haas, max_sensitivity
+from camfaith.metrics import aopc, common, haas, max_sensitivity
 from camfaith.metrics.common import select
 
 
@@ -111,6 +111,19 @@ def test_noise_is_shared_across_methods_and_seeded():
     assert torch.equal(step_a[:, :4, :4], step_b[:, 4:, 4:])
     assert not torch.equal(aopc.noise_fill(image, order_a, 4, "per_step", 1, "x"), step_a)
     assert torch.equal(aopc.noise_fill(image, order_a, 4, "per_step", 0, "x"), step_a)
+
+
+def test_per_step_noise_puts_patch_k_on_the_kth_region_cropped_at_the_edges():
+    # 10×9 px in 4 px regions: a 3×3 grid whose last row is 2 px high and last column 1 px wide
+    image = torch.rand(2, 10, 9)
+    order = torch.tensor([8, 0, 5, 2, 7, 1, 4, 6, 3])
+    fill = aopc.noise_fill(image, order, 4, "per_step", 3, "edge")
+    assert fill.shape == image.shape and fill.is_contiguous()
+    for step, region in enumerate(order.tolist(), start=1):
+        top, left = (region // 3) * 4, (region % 3) * 4
+        patch = common.uniform((2, 4, 4), image.min(), image.max(), common.generator(image.device, 3, "edge", "aopc", 4, step), image.device)
+        box = fill[:, top : top + 4, left : left + 4]
+        assert torch.equal(box, patch[:, : box.shape[1], : box.shape[2]]), f"step {step}, region {region}"
 
 
 class ProbabilityOfBrightCorner(nn.Module):

@@ -68,14 +68,18 @@ def noise_fill(image: torch.Tensor, order: torch.Tensor, region_px: int, mode: s
         return uniform((channels, height, width), low, high, generator(image.device, seed, image_id, "aopc"), image.device)
     if mode != "per_step":
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {mode!r}")
-    _, cols = grid_shape(height, width, region_px)
-    fill = torch.empty_like(image)
-    for step, region in enumerate(order.tolist(), start=1):
-        top, left = (region // cols) * region_px, (region % cols) * region_px
-        patch = uniform((channels, region_px, region_px), low, high, generator(image.device, seed, image_id, "aopc", region_px, step), image.device)
-        box = fill[:, top : top + region_px, left : left + region_px]
-        box.copy_(patch[:, : box.shape[1], : box.shape[2]])
-    return fill
+    rows, cols = grid_shape(height, width, region_px)
+    count = rows * cols
+    # Patch k depends only on the step, not on where it lands, so all are drawn first and then tiled
+    # by each region's rank on the device (no host round trip for the order).
+    patches = torch.stack([uniform((channels, region_px, region_px), low, high,
+                                   generator(image.device, seed, image_id, "aopc", region_px, step), image.device)
+                           for step in range(1, count + 1)])
+    rank_of_region = torch.empty_like(order).scatter_(0, order, torch.arange(count, device=order.device))
+    tiles = patches[rank_of_region].view(rows, cols, channels, region_px, region_px)
+    # [R, C_grid, ch, s, s] -> [ch, R·s, C_grid·s], then edge regions are cropped to the image
+    tiled = tiles.permute(2, 0, 3, 1, 4).reshape(channels, rows * region_px, cols * region_px)
+    return tiled[:, :height, :width].contiguous()
 
 
 @torch.no_grad()

@@ -15,12 +15,22 @@ import torch
 from torch import nn
 
 from camfaith import cams, postprocess
-from camfaith.metrics.common import chunks, generator, layout_of, uniform
+from camfaith.metrics.common import chunks, generator, layout_of
+
+
+def fill_noise(out: torch.Tensor, image_id: str, radius: float, sample: int, seed: int) -> torch.Tensor:
+    """Fill ``out [C, H, W]`` (contiguous) in place with sample ``sample`` of ``u ~ U[−r, r]`` for one
+    image, from that sample's own seed; returns ``out``. In place so a forward batch of noise is drawn
+    straight into one buffer (no per-sample tensors to stack)."""
+    if not out.is_contiguous():
+        # uniform_ assigns draws in memory order, so another layout would give other noise
+        raise ValueError("noise must be drawn into a contiguous [C, H, W] tensor")
+    return out.uniform_(-radius, radius, generator=generator(out.device, seed, image_id, "max_sensitivity", radius, sample))
 
 
 def noise_sample(shape: torch.Size, image_id: str, radius: float, sample: int, seed: int, device: torch.device) -> torch.Tensor:
     """Sample ``sample`` of the noise ``u ~ U[−r, r]`` of ``shape [C, H, W]`` for one image (its own seed)."""
-    return uniform(shape, -radius, radius, generator(device, seed, image_id, "max_sensitivity", radius, sample), device)
+    return fill_noise(torch.empty(shape, dtype=torch.float32, device=device), image_id, radius, sample, seed)
 
 
 def perturbations(image: torch.Tensor, image_id: str, radius: float, samples: int, seed: int) -> torch.Tensor:
@@ -43,13 +53,16 @@ def max_sensitivity(
     pair_image = torch.arange(n, device=images.device).repeat_interleave(samples)
     layout = layout_of(images)
     flat = distances.view(-1)
+    noise_buffer = torch.empty((min(batch_size, n * samples), *images.shape[1:]), dtype=torch.float32, device=images.device)
     for part in chunks(n * samples, batch_size):
         which = pair_image[part]
         # Noise is drawn per chunk (each sample has its own seed), so memory holds one forward
         # batch of noisy inputs, never all n·S of a block.
-        noise = torch.stack([noise_sample(images.shape[1:], image_ids[k // samples], radius, k % samples, seed, images.device)
-                             for k in range(part.start, part.stop)])
-        noisy = (images[which] + noise).contiguous(memory_format=layout)
+        noise = noise_buffer[: part.stop - part.start]
+        for row, k in enumerate(range(part.start, part.stop)):
+            fill_noise(noise[row], image_ids[k // samples], radius, k % samples, seed)
+        noisy = torch.empty_like(noise, memory_format=layout)
+        torch.add(images[which], noise, out=noisy)
         if clip_range is not None:
             noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
         with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
