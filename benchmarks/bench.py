@@ -34,15 +34,36 @@ class Case:
     spec: ModelSpec
     regions: list[int]  # AOPC region sizes in px
     batch: int  # images per attribution batch
+    aopc_images: int = 2
+    sensitivity_images: int = 2
+    sensitivity_samples: int = 10
+    metric_batch: dict[str, int] | None = None  # forward batch per metric; None: the floor's batch (a tuned config)
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 
 
 def cases(quick: bool) -> list[Case]:
+    """The study's two models at 224 px (2 images per metric, to keep the run short) and the default
+    config's two models with that config's own workload: one block of images per metric, its region
+    sizes, samples per radius and forward batch sizes, as a score job of ``make run`` sees it."""
+    import yaml
+
+    metrics = yaml.safe_load(DEFAULT_CONFIG.read_text())["metrics"]
+    aopc_cfg, sens_cfg = metrics["aopc"], metrics["max_sensitivity"]
     study_regions = [56, 28] if quick else [56, 28, 16]
+    default_workload = dict(
+        aopc_images=2 if quick else aopc_cfg["images_per_block"],
+        sensitivity_images=2 if quick else sens_cfg["images_per_block"],
+        sensitivity_samples=4 if quick else sens_cfg["radii"][0]["samples"],
+        metric_batch={"aopc": aopc_cfg["batch_size"], "max_sensitivity": sens_cfg["batch_size"]},
+    )
     return [
         Case("resnet50 flatten 224", ModelSpec("resnet50", 4, 224, plain_last_block=True), study_regions, 8),
         Case("vgg19 flatten 224", ModelSpec("vgg19", 4, 224), study_regions, 4),
-        Case("default resnet18 64", ModelSpec("resnet18", 3, 64, cut_after="layer2", plain_last_block=True), [16, 8], 32),
-        Case("default vgg11 64", ModelSpec("vgg11", 3, 64, cut_after="13"), [16, 8], 32),
+        Case("default resnet18 64", ModelSpec("resnet18", 3, 64, cut_after="layer2", plain_last_block=True), aopc_cfg["region_px"], 32,
+             **default_workload),
+        Case("default vgg11 64", ModelSpec("vgg11", 3, 64, cut_after="13"), aopc_cfg["region_px"], 32, **default_workload),
     ]
 
 
@@ -77,11 +98,18 @@ def job_overhead(repeats: int = 3) -> tuple[float, float]:
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
+MIN_TIMED_SECONDS = 1.0  # short runs are repeated until this much was timed: a minimum over 2 runs of 20 ms is noise
+MAX_REPEATS = 25
+
+
 def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
+    """Minimum wall time of ``fn`` after one warm-up run, over at least ``repeats`` runs and, for short
+    runs, as many more as fit in ``MIN_TIMED_SECONDS`` (at most ``MAX_REPEATS``). Every timing in
+    this file goes through here, so the floor and each implementation get the same chance of a quiet
+    moment on a shared machine."""
     fn()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < MIN_TIMED_SECONDS and len(times) < MAX_REPEATS):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -120,22 +148,26 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     model = build_model(case.spec)
     _, layer = resolve_layer(model, None)
     size = case.spec.input_size
-    floor, floor_batch, floor_layout = forward_floor(model, size, [1, 4, 16] if size > 100 else [8, 32, 128])
+    floor, floor_batch, floor_layout = forward_floor(model, size, [1, 4, 16] if size > 100 else [8, 16, 32, 64, 128])
     # Everything below runs in the layout the floor found best, ours and the alternatives alike (they
     # get the same model object); ours also uses the floor's batch size, as a tuned config would.
     layout = torch.channels_last if floor_layout == "channels_last" else torch.contiguous_format
     model.to(memory_format=layout)
     batch = max(floor_batch, 2)
+    aopc_batch = case.metric_batch["aopc"] if case.metric_batch else batch
+    sensitivity_batch = case.metric_batch["max_sensitivity"] if case.metric_batch else batch
     rows = []
 
     # --- attributions: four maps for one batch, against one plain forward of that batch
     reset_peak_rss()
-    x = torch.randn(case.batch, 3, size, size).contiguous(memory_format=layout)
-    targets = torch.randint(0, case.spec.num_classes, (case.batch,))
+    n_images = max(case.batch, case.aopc_images, case.sensitivity_images)
+    x = torch.randn(n_images, 3, size, size).contiguous(memory_format=layout)
+    targets = torch.randint(0, case.spec.num_classes, (n_images,))
+    x_cam, t_cam = x[: case.batch], targets[: case.batch]
     with torch.no_grad():
-        forward = best_time(lambda: model(x), repeats)
-    ours = best_time(lambda: cams.compute(model, layer, x, targets, cams.METHODS), repeats)
-    theirs = best_time(lambda: pgc_maps(model, layer, x, targets, (GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM)), max(1, repeats - 1))
+        forward = best_time(lambda: model(x_cam), repeats)
+    ours = best_time(lambda: cams.compute(model, layer, x_cam, t_cam, cams.METHODS), repeats)
+    theirs = best_time(lambda: pgc_maps(model, layer, x_cam, t_cam, (GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM)), max(1, repeats - 1))
     rows.append(dict(stage="attributions (4 methods)", case=case.name, floor="1 forward of the batch", ours=ours / forward,
                      alternative="pytorch-grad-cam", theirs=theirs / forward, seconds=ours, peak_mb=peak_rss_mb()))
     reset_peak_rss()
@@ -143,7 +175,7 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     # --- AOPC (MoRF): the same grids, number of regions and uniform noise
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    n_images = 1 if quick else 2
+    n_images = 1 if quick else case.aopc_images
     x_aopc, t_aopc = x[:n_images], targets[:n_images]
     raw = cams.compute(model, layer, x_aopc, t_aopc, ["hirescam"])["hirescam"]
     saliency = postprocess.apply(raw, postprocess.PostProcess(), (size, size))
@@ -152,7 +184,7 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
 
     def ours_aopc():
         for region in case.regions:
-            aopc.morf_curves(model, x_aopc, saliency, t_aopc, ids, region, False, "per_step", 0, batch)
+            aopc.morf_curves(model, x_aopc, saliency, t_aopc, ids, region, False, "per_step", 0, aopc_batch)
 
     def quantus_aopc():
         for region in case.regions:
@@ -171,14 +203,19 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
     reset_peak_rss()
 
     # --- Max-Sensitivity: one forward + head-only backward per sample
-    samples = 4 if quick else 10
+    samples = 4 if quick else case.sensitivity_samples
+    n_images = 1 if quick else case.sensitivity_images
+    x_sens, t_sens = x[:n_images], targets[:n_images]
+    ids = [f"img{i}" for i in range(n_images)]
+    raw = cams.compute(model, layer, x_sens, t_sens, ["hirescam"])["hirescam"]
     post = postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear")
+    # the floor's per-sample cost is taken at its best batch size, whatever batch the metric uses
     sample_batch = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
     sample_targets = torch.zeros(len(sample_batch), dtype=torch.long)
     per_sample = best_time(lambda: cams.activations_and_gradients(model, layer, sample_batch, sample_targets), repeats) / len(sample_batch)
     ms_floor = n_images * samples * per_sample
-    ms_ours = best_time(lambda: max_sensitivity.max_sensitivity(model, layer, "hirescam", x_aopc, raw, t_aopc, ids, 0.1, samples, post,
-                                                                False, None, 0, batch), 1)
+    ms_ours = best_time(lambda: max_sensitivity.max_sensitivity(model, layer, "hirescam", x_sens, raw, t_sens, ids, 0.1, samples, post,
+                                                                False, None, 0, sensitivity_batch), 1)
     ms_peak = peak_rss_mb()
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # pytorch-grad-cam differentiates through the parameters' graph
@@ -187,10 +224,10 @@ def run_case(case: Case, quick: bool, repeats: int) -> list[dict]:
         inputs = torch.as_tensor(inputs, dtype=torch.float32)
         return pgc_maps(model, layer, inputs, targets, (HiResCAM,))[0][:, None]
 
-    a_batch = pgc_explain(model, x_aopc.numpy(), t_aopc.numpy())
+    a_batch = pgc_explain(model, x_sens.numpy(), t_sens.numpy())
     metric = quantus.MaxSensitivity(nr_samples=samples, lower_bound=0.1,  # default perturbation: uniform noise
                                     similarity_func=quantus.similarity_func.difference, disable_warnings=True)
-    ms_theirs = best_time(lambda: metric(model=model, x_batch=x_aopc.numpy(), y_batch=t_aopc.numpy(), a_batch=a_batch,
+    ms_theirs = best_time(lambda: metric(model=model, x_batch=x_sens.numpy(), y_batch=t_sens.numpy(), a_batch=a_batch,
                                          explain_func=pgc_explain, device="cpu", batch_size=n_images), 1)
     rows.append(dict(stage=f"Max-Sensitivity ({n_images}×{samples} samples)", case=case.name, floor="forward + head backward per sample",
                      ours=ms_ours / ms_floor, alternative="Quantus MaxSensitivity + pytorch-grad-cam", theirs=ms_theirs / ms_floor,
@@ -252,6 +289,18 @@ def memory_probe(case_name: str, metric: str, budget_mb: float) -> dict:
                 estimated=plan.estimated_mb, used=used)
 
 
+def case_rows(case_name: str, quick: bool) -> list[dict]:
+    """``run_case`` in a fresh interpreter: the allocator and caches left by a 224 px model would
+    otherwise slow the small models measured after it, and its memory would count in their peaks."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, __file__, "--case", case_name] + (["--quick"] if quick else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory_rows() -> list[dict]:
     import json
     import subprocess
@@ -299,7 +348,14 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true", help="only the memory-budget check")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the memory-budget check")
     parser.add_argument("--memory-probe", nargs=3, metavar=("CASE", "METRIC", "BUDGET_MB"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case:
+        import json
+
+        case = next(c for c in cases(args.quick) if c.name == args.case)
+        print(json.dumps(run_case(case, args.quick, repeats=2 if args.quick else 3)))
+        return
     if args.memory_probe:
         import json
 
@@ -314,12 +370,13 @@ def main() -> None:
             if args.only and args.only not in case.name:
                 continue
             print(f"… {case.name}", flush=True)
-            rows.extend(run_case(case, args.quick, repeats=2 if args.quick else 3))
-        peak_mb = max([peak_rss_mb()] + [r["peak_mb"] for r in rows])  # VmHWM is reset per stage, so take the max
+            rows.extend(case_rows(case.name, args.quick))
+        peak_mb = max(r["peak_mb"] for r in rows) if rows else float("nan")
         text = (f"{header()}\n\n{table(rows)}\n\nper-job overhead: {imports:.2f} s to import the stage modules in a fresh interpreter, "
-                f"{load:.2f} s to load a checkpoint; peak RSS columns: the process's peak during our part of each stage (the model "
-                f"and the alternatives' leftovers included), reset before each stage.\n"
-                f"peak resident memory of the benchmark process: {peak_mb:.0f} MB; "
+                f"{load:.2f} s to load a checkpoint. Each model runs in its own interpreter (one case cannot slow or swell the next); "
+                f"peak RSS columns: that process's peak during our part of each stage (interpreter, torch, the model and the "
+                f"alternatives' leftovers included), reset before each stage.\n"
+                f"largest peak resident memory of a case: {peak_mb:.0f} MB; "
                 f"total {time.perf_counter() - started:.0f} s{' (--quick)' if args.quick else ''}\n")
         print(text)
         args.out.write_text(text)
