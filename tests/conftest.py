@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from camfaith.data.index import build_index, class_names
 from camfaith.data.split import assign_splits
 from camfaith.data.synthetic import SyntheticSpec, generate
+from camfaith.models import ModelSpec, build_model, resolve_layer
 from camfaith.store import write_table
 
 # A small synthetic dataset: 3 classes x 10 patients x 2 images of 32 px. Ten groups per class are
@@ -26,6 +28,18 @@ TINY_SYNTHETIC_CONFIG = {
     "corrupt_images": 0,
 }
 TINY_SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def frozen_tiny_resnet18() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model, target layer)``: the study's ResNet18 variant cut after layer2 for 3 classes at
+    32 px, random weights from seed 0, parameters frozen as in a score job. Seeds torch's global
+    generator, so a caller's draws after it are reproducible."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    _, layer = resolve_layer(model, None)
+    return model, layer
 
 
 @dataclass(frozen=True)

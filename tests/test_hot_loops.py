@@ -11,11 +11,11 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import frozen_tiny_resnet18
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from camfaith import cams, postprocess
 from camfaith.metrics import aopc, common, max_sensitivity
-from camfaith.models import ModelSpec, build_model, resolve_layer
 
 
 class HostRoundTrip(AssertionError):
@@ -45,11 +45,7 @@ def no_host_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True))
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    _, layer = resolve_layer(model, None)
+    model, layer = frozen_tiny_resnet18()
     images = torch.randn(3, 3, 32, 32)
     targets = torch.tensor([0, 1, 2])
     return model, layer, images, targets

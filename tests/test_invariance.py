@@ -3,21 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from conftest import frozen_tiny_resnet18
 
 from camfaith import cams, postprocess, scoring
 from camfaith.data.images import Preprocessing
 from camfaith.metrics import aopc, max_sensitivity
-from camfaith.models import ModelSpec, build_model, resolve_layer
 from camfaith.store import MapSet
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, cut_after="layer2", plain_last_block=True))
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    _, layer = resolve_layer(model, None)
+    model, layer = frozen_tiny_resnet18()
     images = torch.randn(5, 3, 32, 32)
     targets = torch.tensor([0, 1, 2, 0, 1])
     raw = cams.compute(model, layer, images, targets, ["hirescam"])["hirescam"]
