@@ -43,12 +43,16 @@ def region_order(means: torch.Tensor) -> torch.Tensor:
     return torch.sort(means.flatten(1), dim=1, descending=True, stable=True).indices
 
 
+def region_ranks(order: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``order [..., L]``: each region's position in the MoRF order (0 = perturbed first)."""
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
 def pixel_ranks(order: torch.Tensor, height: int, width: int, region_px: int) -> torch.Tensor:
     """``[N, H, W]``: the position of each pixel's region in the MoRF order (0 = perturbed first)."""
-    n, count = order.shape
     _, cols = grid_shape(height, width, region_px)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(count, device=order.device).expand(n, count))
+    ranks = region_ranks(order)
     rows_idx = torch.arange(height, device=order.device) // region_px
     cols_idx = torch.arange(width, device=order.device) // region_px
     region_of_pixel = rows_idx[:, None] * cols + cols_idx[None, :]
@@ -75,8 +79,7 @@ def noise_fill(image: torch.Tensor, order: torch.Tensor, region_px: int, mode: s
     patches = torch.stack([uniform((channels, region_px, region_px), low, high,
                                    generator(image.device, seed, image_id, "aopc", region_px, step), image.device)
                            for step in range(1, count + 1)])
-    rank_of_region = torch.empty_like(order).scatter_(0, order, torch.arange(count, device=order.device))
-    tiles = patches[rank_of_region].view(rows, cols, channels, region_px, region_px)
+    tiles = patches[region_ranks(order)].view(rows, cols, channels, region_px, region_px)
     # [R, C_grid, ch, s, s] -> [ch, R·s, C_grid·s], then edge regions are cropped to the image
     tiled = tiles.permute(2, 0, 3, 1, 4).reshape(channels, rows * region_px, cols * region_px)
     return tiled[:, :height, :width].contiguous()
