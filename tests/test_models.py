@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,3 +257,25 @@ def test_load_checkpoint_refuses_other_files(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match="not a camfaith model checkpoint"):
         load_checkpoint(path)
+
+
+class _TouchOnUnpickle:
+    """A harmless stand-in for a malicious pickle: unpickling it would create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "model.pt"
+    torch.save({"format": models.CHECKPOINT_FORMAT, "spec": {}, "payload": _TouchOnUnpickle(marker)}, path)
+    with pytest.raises(ValueError, match=r"model\.pt: refused to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the same file through plain pickle semantics would have run the payload: the test is real
+    torch.load(path, weights_only=False)
+    assert marker.exists()

@@ -96,7 +96,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_dataset, uninterrupted,
     assert interrupt.calls == 2
 
     assert resume_path.is_file()
-    saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+    saved = torch.load(resume_path, map_location="cpu", weights_only=True)
     assert saved["format"] == training.RESUME_FORMAT and saved["epoch"] == 0
     assert [row["epoch"] for row in saved["history"]] == [1]
 
@@ -117,7 +117,7 @@ def test_checkpoint_of_another_run_is_ignored(tiny_dataset, uninterrupted, tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny_dataset, resume_path, other, key="run-b")
     monkeypatch.undo()
-    saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+    saved = torch.load(resume_path, map_location="cpu", weights_only=True)
     assert saved["fingerprint"] == "run-b"
 
     best, history = run_training(tiny_dataset, resume_path, key="run-a")
@@ -189,7 +189,7 @@ def test_pipeline_train_model_resumes_after_interruption(tiny_dataset, uninterru
         run_stage(tiny_dataset, tmp_path, stage_params())
     monkeypatch.undo()
     assert (tmp_path / "resume.pt").is_file() and not (tmp_path / "model.pt").exists()
-    saved = torch.load(tmp_path / "resume.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(tmp_path / "resume.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 1
 
     paths = run_stage(tiny_dataset, tmp_path, stage_params())
@@ -197,3 +197,30 @@ def test_pipeline_train_model_resumes_after_interruption(tiny_dataset, uninterru
     assert history.iloc[1].to_dict() == saved["history"][1]
     model, *_ = load_checkpoint(paths["model_path"])
     assert_same_state(model.state_dict(), uninterrupted[0])
+
+
+class _TouchOnUnpickle:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("content", ["code", "truncated"])
+def test_an_unsafe_or_truncated_resume_checkpoint_is_ignored_without_running_it(tiny_dataset, uninterrupted, tmp_path, caplog, content):
+    resume_path = tmp_path / "resume.pt"
+    marker = tmp_path / "code-ran"
+    if content == "code":
+        torch.save({"format": training.RESUME_FORMAT, "fingerprint": "run-a", "payload": _TouchOnUnpickle(marker)}, resume_path)
+    else:
+        torch.save({"format": training.RESUME_FORMAT, "fingerprint": "run-a", "model": torch.zeros(1000)}, resume_path)
+        resume_path.write_bytes(resume_path.read_bytes()[:300])
+    with caplog.at_level("WARNING", logger="camfaith.training"):
+        best, history = run_training(tiny_dataset, resume_path)
+    assert not marker.exists()
+    assert "starting over" in caplog.text and "resume.pt" in caplog.text
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert_same_state(best, uninterrupted[0])

@@ -247,9 +247,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, classes
         torch.save(payload, tmp)
 
 
+def safe_load(path: str | Path) -> object:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
+
+    camfaith's checkpoints hold only dicts, lists, strings, numbers and tensors. A pickle that would
+    build any other object (and could run code while doing so) is refused with an error naming the
+    file; nothing in it is executed.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers, which "
+            f"could run code when unpickled (camfaith never writes such files; was it replaced?). Details: {error}"
+        ) from error
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec, list[str], dict]:
     """``(model in eval mode on device, spec, class names, preprocessing)`` from :func:`save_checkpoint`'s file."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a camfaith model checkpoint (format {CHECKPOINT_FORMAT})")
     spec_values = dict(payload["spec"])

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from camfaith.data.images import ImageTable, augmentation, make_loader
 from camfaith.io import atomic_path, canonical_json, derive_seed
+from camfaith.models import safe_load
 
 log = logging.getLogger(__name__)
 RESUME_FORMAT = "camfaith.resume/1"
@@ -115,8 +116,8 @@ def train(
     val_loader = make_loader(val_table, config.batch_size, False, config.workers, config.seed, pin)
 
     start_epoch, best_loss, best_state, bad_epochs, history = 0, float("inf"), None, 0, []
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+    state = _read_resume(resume_path)
+    if state is not None:
         if state.get("format") == RESUME_FORMAT and state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -171,6 +172,26 @@ def train(
     if best_state is None:
         best_state = {k: v.cpu() for k, v in model.state_dict().items()}
     return best_state, pd.DataFrame(history)
+
+
+def _read_resume(resume_path: Path) -> dict | None:
+    """The epoch checkpoint at ``resume_path``, or None when there is none or it cannot be used.
+
+    It is loaded with ``weights_only`` (:func:`camfaith.models.safe_load`), so a file that would run
+    code is refused without running it; like an unreadable (truncated) file, it is then ignored with a
+    warning and training starts over, overwriting it.
+    """
+    if not resume_path.is_file():
+        return None
+    try:
+        state = safe_load(resume_path)
+    except (ValueError, RuntimeError, EOFError, OSError) as error:
+        log.warning("ignoring %s and starting over: it cannot be loaded (%s)", resume_path, error)
+        return None
+    if not isinstance(state, dict):
+        log.warning("ignoring %s and starting over: not a camfaith resume checkpoint", resume_path)
+        return None
+    return state
 
 
 def fingerprint(*parts: object) -> str:
