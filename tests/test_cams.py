@@ -1,12 +1,15 @@
-"""CAM methods: hand-computed values, the theory identities, and the one-pass contract."""
+"""The Grad-CAM family: hand-computed values, the theory identities, the one-pass contract, and the
+numbers of the implementation before the explainer registry."""
 
 from collections import OrderedDict
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from camfaith import cams
+from camfaith.explainers import cam_family as cams
 from camfaith.models import ModelSpec, build_model, resolve_layer
 
 
@@ -39,6 +42,8 @@ def test_hand_computed_maps():
         "xgradcam": 0.1 * A0,
         # f0: α = 1/(2+10) where G=1 → w_0 = 2/12; f1: α = 4/(8 − 10·8) = −1/18 at G=2 → w_1 = −1/9
         "gradcampp": (1 / 6 + 1 / 9) * A0,
+        # Σ_f ReLU(G_f) ⊙ A_f: both gradients are non-negative here, so it equals HiResCAM
+        "layercam": torch.tensor([[1.0, -4.0], [0.0, 4.0]]),
     }
     for method, value in expected.items():
         torch.testing.assert_close(maps[method][0], value, rtol=1e-5, atol=1e-6, msg=method)
@@ -166,3 +171,34 @@ def test_target_layer_followed_by_inplace_relu():
     layer = dict(model.named_modules())["features.0"]
     maps = cams.compute(model, layer, torch.randn(1, 3, 64, 64, dtype=torch.float64), torch.tensor([0]), ["hirescam"])
     assert maps["hirescam"].shape == (1, 64, 64)
+
+
+REFERENCE = Path(__file__).with_name("data") / "cam_family_reference.npz"
+PRE_REGISTRY_METHODS = ("gradcam", "hirescam", "gradcampp", "xgradcam")
+
+
+def _reference_net(stored) -> nn.Module:
+    """The small Conv-BN-ReLU-MaxPool-Conv-Flatten-Linear net whose weights the reference file holds."""
+    net = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 8, 3, padding=1), bn1=nn.BatchNorm2d(8), relu1=nn.ReLU(), pool=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(8, 16, 3, padding=1), flatten=nn.Flatten(), fc=nn.Linear(16 * 8 * 8, 3)))
+    net.load_state_dict({key[len("small_"):]: torch.from_numpy(stored[key]) for key in stored.files
+                         if key.startswith("small_") and not key.startswith(("small_map_", "small_input", "small_targets"))})
+    return net.eval()
+
+
+def test_the_four_methods_give_the_numbers_of_the_code_before_the_registry():
+    """Maps stored by ``camfaith.cams.compute`` at commit 48b1fa1 (before the explainer registry) for
+    a small net with stored weights and for the tests' frozen ResNet18 (weights from seed 0)."""
+    from conftest import frozen_tiny_resnet18
+
+    stored = np.load(REFERENCE)
+    net = _reference_net(stored)
+    resnet, resnet_layer = frozen_tiny_resnet18()
+    cases = [("small", net, net.conv2), ("resnet", resnet, resnet_layer)]
+    for prefix, model, layer in cases:
+        images, targets = torch.from_numpy(stored[f"{prefix}_input"]), torch.from_numpy(stored[f"{prefix}_targets"])
+        maps = cams.compute(model, layer, images, targets, PRE_REGISTRY_METHODS)
+        for method in PRE_REGISTRY_METHODS:
+            torch.testing.assert_close(maps[method], torch.from_numpy(stored[f"{prefix}_map_{method}"]), rtol=1e-5, atol=1e-6,
+                                       msg=f"{prefix} {method}")

@@ -14,7 +14,8 @@ import torch
 from conftest import frozen_tiny_resnet18
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from camfaith import cams, postprocess
+from camfaith import postprocess
+from camfaith.explainers import cam_family as cams
 from camfaith.metrics import aopc, common, max_sensitivity
 
 
@@ -85,9 +86,12 @@ def test_max_sensitivity_draws_noise_and_recomputes_maps_on_the_device(setup, mo
     model, layer, images, targets = setup
     raw = cams.compute(model, layer, images, targets, ["gradcam"])["gradcam"]
     clip_range = (torch.full((1, 3, 1, 1), -1.0), torch.full((1, 3, 1, 1), 1.0)) if clip else None
+    def explain(noisy, noisy_targets, _seeds):
+        return cams.compute(model, layer, noisy, noisy_targets, ["gradcam"])["gradcam"]
+
     with no_host_round_trips(monkeypatch):
-        values = max_sensitivity.max_sensitivity(model, layer, "gradcam", images, raw, targets, IDS, 0.1, 4, postprocess.PostProcess(),
-                                                 normalise, clip_range, 0, batch_size=5)
+        values = max_sensitivity.max_sensitivity(explain, images, raw, targets, IDS, [0, 1, 2], radius=0.1, samples=4,
+                                                 post=postprocess.PostProcess(), normalise=normalise, clip_range=clip_range, seed=0, batch_size=5)
     assert values.shape == (3,)
 
 
@@ -96,3 +100,13 @@ def test_haas_forwards_stay_on_the_device(setup, monkeypatch):
     with no_host_round_trips(monkeypatch):
         common.predict_classes(model, images, 2, amp=True)
         common.target_probability(model, images, targets, 2, amp=True)
+
+
+def test_scorecam_masks_and_scores_every_channel_on_the_device(setup, monkeypatch):
+    from camfaith import explainers
+
+    model, layer, images, targets = setup
+    scorecam = explainers.get("scorecam")
+    with no_host_round_trips(monkeypatch):
+        maps = scorecam.explain(model, layer, images, targets, scorecam.make_settings({"batch_size": 7}), [0, 1, 2])
+    assert maps.shape == (3, 4, 4)

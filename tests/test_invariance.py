@@ -5,8 +5,9 @@ import pytest
 import torch
 from conftest import frozen_tiny_resnet18
 
-from camfaith import cams, postprocess, scoring
+from camfaith import postprocess, scoring
 from camfaith.data.images import Preprocessing
+from camfaith.explainers import cam_family as cams
 from camfaith.metrics import aopc, max_sensitivity
 from camfaith.store import MapSet
 
@@ -41,18 +42,31 @@ def test_morf_curves_do_not_depend_on_batch_size(setup, noise):
     for other in curves[1:]:
         torch.testing.assert_close(other, curves[0], rtol=1e-4, atol=1e-6)
     # one image at a time (a different image block) gives the same curves: noise is seeded per image
-    alone = torch.cat([aopc.morf_curves(model, images[i : i + 1], saliency[i : i + 1], targets[i : i + 1], IDS[i : i + 1], 8, False, noise, 0, 7) for i in range(5)])
+    alone = torch.cat([aopc.morf_curves(model, images[i : i + 1], saliency[i : i + 1], targets[i : i + 1], IDS[i : i + 1], 8, False, noise, 0, 7)
+                       for i in range(5)])
     torch.testing.assert_close(alone, curves[0], rtol=1e-4, atol=1e-6)
 
 
-def test_max_sensitivity_does_not_depend_on_batch_size_or_block(setup):
-    model, layer, images, targets, raw = setup
+@pytest.mark.parametrize("method", ["hirescam", "gradient_shap", "occlusion"])
+def test_max_sensitivity_does_not_depend_on_batch_size_or_block(setup, method):
+    from camfaith import explainers
+
+    model, layer, images, targets, _ = setup
+    explainer = explainers.get(method)
+    chosen = explainer.make_settings({"gradient_shap": {"samples": 2}, "occlusion": {"window": 16, "stride": 8}}.get(method, {}))
+
+    def explain(x, t, seeds):
+        return explainer.explain(model, layer, x, t, chosen, seeds)
+
+    seeds = [21, 22, 23, 24, 25]
+    raw = explain(images, targets, seeds)
     post = postprocess.PostProcess(relu=True, minmax=False, upsample="bilinear")
-    args = ("hirescam", images, raw, targets, IDS, 0.1, 4, post, True, None, 0)
-    values = [max_sensitivity.max_sensitivity(model, layer, *args, batch_size) for batch_size in (1, 6, 64)]
+    common = dict(radius=0.1, samples=3, post=post, normalise=True, seed=0)
+    values = [max_sensitivity.max_sensitivity(explain, images, raw, targets, IDS, seeds, batch_size=batch_size, **common) for batch_size in (1, 6, 64)]
     for other in values[1:]:
         torch.testing.assert_close(other, values[0], rtol=1e-4, atol=1e-6, equal_nan=True)
-    alone = torch.cat([max_sensitivity.max_sensitivity(model, layer, "hirescam", images[i : i + 1], raw[i : i + 1], targets[i : i + 1], IDS[i : i + 1], 0.1, 4, post, True, None, 0, 3) for i in range(5)])
+    alone = torch.cat([max_sensitivity.max_sensitivity(explain, images[i : i + 1], raw[i : i + 1], targets[i : i + 1], IDS[i : i + 1], seeds[i : i + 1],
+                                                       batch_size=2, **common) for i in range(5)])
     torch.testing.assert_close(alone, values[0], rtol=1e-4, atol=1e-6, equal_nan=True)
 
 
@@ -72,10 +86,14 @@ def test_score_rows_do_not_depend_on_images_per_block(setup, metric):
     selected = np.arange(5)
 
     def rows(block_size):
+        from camfaith import explainers
+
         context = scoring.Context(model=model, maps=maps, settings=settings, preprocessing=Preprocessing(32), device=torch.device("cpu"),
-                                  seed=0, amp=False, layer=layer)
+                                  seed=0, amp=False, explainer=explainers.get("hirescam"), explainer_settings=explainers.get("hirescam").settings(),
+                                  layer=layer)
         blocks = [scoring.Block(images[s : s + block_size], raw[s : s + block_size], targets[s : s + block_size],
-                                IDS[s : s + block_size], selected[s : s + block_size]) for s in range(0, 5, block_size)]
+                                IDS[s : s + block_size], selected[s : s + block_size], list(range(s, s + block_size))[: 5 - s])
+                  for s in range(0, 5, block_size)]
         return scoring.run(metric, context, blocks, selected)
 
     reference, other = rows(5), rows(2)

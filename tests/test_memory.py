@@ -14,12 +14,15 @@ MIB = 2**20
 def test_probe_counts_the_largest_leaf_input_plus_output_and_what_follows_the_layer():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)).eval()
     sample = torch.zeros(1, 3, 4, 4)
-    peak, retained = memory.probe(model, sample, after=model[1])
+    sizes = memory.probe(model, sample, layer=model[1])
     # conv: in 3·16 + out 8·16 floats; relu: 8·16 + 8·16 — the largest pair
-    assert peak == (8 * 16 + 8 * 16) * 4
+    assert sizes.peak == (8 * 16 + 8 * 16) * 4
     # after the ReLU: flatten's 128 floats and the linear's 2
-    assert retained == (128 + 2) * 4
-    assert memory.probe(model, sample)[1] == 0
+    assert sizes.after_layer == (128 + 2) * 4
+    # every leaf output: conv 128, relu 128, flatten 128, linear 2
+    assert sizes.total == (3 * 128 + 2) * 4
+    assert (sizes.layer, sizes.channels, sizes.plane, sizes.image) == (128 * 4, 8, 16, 3 * 16 * 4)
+    assert memory.probe(model, sample).after_layer == 0
 
 
 def test_fit_keeps_the_configured_sizes_without_a_budget():
@@ -53,8 +56,11 @@ def test_footprint_of_a_real_model_grows_with_the_input(metric):
     # a GAP head accepts both input sizes (a flatten head is tied to one)
     model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, head="gap")).eval()
     _, layer = resolve_layer(model, None)
-    small = memory.footprint(metric, model, torch.zeros(1, 3, 32, 32), layer)
-    large = memory.footprint(metric, model, torch.zeros(1, 3, 64, 64), layer)
+    from camfaith import explainers
+
+    hirescam = explainers.get("hirescam")
+    small = memory.footprint(metric, model, torch.zeros(1, 3, 32, 32), layer, hirescam)
+    large = memory.footprint(metric, model, torch.zeros(1, 3, 64, 64), layer, hirescam)
     assert small.fixed == large.fixed > sum(p.numel() * 4 for p in model.parameters())
     assert large.per_sample > 3 * small.per_sample  # activations scale with the pixels (4×)
     assert large.per_block_image > small.per_block_image

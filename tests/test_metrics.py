@@ -9,10 +9,8 @@ from torch import nn
 
 from camfaith import postprocess
 from camfaith.data.images import Preprocessing
-from camfaith.metrics import THESIS, resolve
-from camfaith.metrics import aopc, common, haas, max_sensitivity
+from camfaith.metrics import THESIS, aopc, common, haas, max_sensitivity, resolve
 from camfaith.metrics.common import select
-
 
 # ---------- post-processing ----------
 
@@ -160,19 +158,27 @@ def linear_model(size: int = 4) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     return model, conv, fc.weight.detach()[0].view(size, size)
 
 
+def explain_with(model, layer, method):
+    """The explanation function Max-Sensitivity re-explains with: the registry's explainer."""
+    from camfaith import explainers
+
+    explainer = explainers.get(method)
+    return lambda images, targets, seeds: explainer.explain(model, layer, images, targets, explainer.settings(), seeds)
+
+
 def test_max_sensitivity_matches_hand_computation():
     torch.manual_seed(0)
     model, layer, weight = linear_model()
     image = torch.rand(1, 3, 4, 4)
     raw = weight * image[0, 0]
     post = postprocess.PostProcess(relu=False, minmax=False, upsample="none")
-    value = max_sensitivity.max_sensitivity(model, layer, "hirescam", image, raw.unsqueeze(0), torch.tensor([0]), ["a"],
-                                            0.1, 5, post, normalise=False, clip_range=None, seed=3, batch_size=2)
+    value = max_sensitivity.max_sensitivity(explain_with(model, layer, "hirescam"), image, raw.unsqueeze(0), torch.tensor([0]), ["a"], [7],
+                                            radius=0.1, samples=5, post=post, normalise=False, clip_range=None, seed=3, batch_size=2)
     noisy = max_sensitivity.perturbations(image[0], "a", 0.1, 5, 3)
     expected = max(float((weight * (y[0] - image[0, 0])).norm()) for y in noisy)
     assert value.item() == pytest.approx(expected, rel=1e-5)
-    normalised = max_sensitivity.max_sensitivity(model, layer, "hirescam", image, raw.unsqueeze(0), torch.tensor([0]), ["a"],
-                                                 0.1, 5, post, normalise=True, clip_range=None, seed=3, batch_size=5)
+    normalised = max_sensitivity.max_sensitivity(explain_with(model, layer, "hirescam"), image, raw.unsqueeze(0), torch.tensor([0]), ["a"], [7],
+                                                 radius=0.1, samples=5, post=post, normalise=True, clip_range=None, seed=3, batch_size=5)
     assert normalised.item() == pytest.approx(expected / float(raw.norm()), rel=1e-5)
 
 
@@ -191,8 +197,22 @@ def test_max_sensitivity_of_input_independent_map_is_zero():
     image = torch.rand(2, 3, 4, 4)
     raw = torch.zeros(2, 4, 4)
     post = postprocess.PostProcess(relu=False, minmax=False, upsample="none")
-    value = max_sensitivity.max_sensitivity(model, layer, "gradcam", image, raw, torch.tensor([0, 1]), ["a", "b"],
-                                            0.3, 4, post, normalise=False, clip_range=None, seed=0, batch_size=3)
+    value = max_sensitivity.max_sensitivity(explain_with(model, layer, "gradcam"), image, raw, torch.tensor([0, 1]), ["a", "b"], [1, 2],
+                                            radius=0.3, samples=4, post=post, normalise=False, clip_range=None, seed=0, batch_size=3)
+    assert torch.equal(value, torch.zeros(2))
+
+
+@pytest.mark.parametrize("control", ["random", "centre"])
+def test_max_sensitivity_gives_a_control_that_ignores_the_input_a_perfect_score(control):
+    """The controls re-explain a noisy copy with the image's own seed, so their map never moves:
+    Max-Sensitivity calls them perfectly stable, which is why the tables show the controls."""
+    model, layer, _ = linear_model()
+    image = torch.rand(2, 3, 4, 4)
+    explain = explain_with(model, layer, control)
+    raw = explain(image, torch.tensor([0, 1]), [5, 6])
+    post = postprocess.PostProcess(relu=True, minmax=True, upsample="none")
+    value = max_sensitivity.max_sensitivity(explain, image, raw, torch.tensor([0, 1]), ["a", "b"], [5, 6], radius=0.5, samples=3,
+                                            post=post, normalise=True, seed=0, batch_size=4)
     assert torch.equal(value, torch.zeros(2))
 
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from camfaith.explainers.base import Explainer, Probe, Settings
+
 MIB = 2**20
 ACTIVATION_SAFETY = 2.0
 BLOCK_SHARE = 0.25  # at most this part of the budget holds the loaded block; the rest feeds forwards
@@ -59,50 +61,59 @@ def _bytes(value: object) -> int:
 
 
 @torch.no_grad()
-def probe(model: nn.Module, sample: torch.Tensor, after: nn.Module | None = None) -> tuple[int, int]:
-    """One forward of ``sample [1, C, H, W]``: ``(peak, retained)`` bytes per image.
+def probe(model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None) -> Probe:
+    """Sizes from one forward of ``sample [1, C, H, W]`` (:class:`camfaith.explainers.Probe`), per image.
 
-    ``peak`` is the largest input + output of a leaf module; ``retained`` sums the outputs of the
-    leaves that run after ``after`` (the target layer), which a CAM backward keeps alive (0 if None).
+    ``peak`` is the largest input + output of a leaf module; ``after_layer`` sums the outputs of the
+    leaves that run after ``layer`` (the target layer), which a head-only backward keeps alive (0 if
+    None); ``total`` sums every leaf output (what a backward to the input keeps); ``layer`` and
+    ``channels`` describe the target layer's output (0 if None).
     """
-    peak, retained, seen_layer = [0], [0], [after is None]
+    peak, after, total, seen_layer, at_layer = [0], [0], [0], [layer is None], {"bytes": 0, "channels": 0}
 
     def record(module: nn.Module, inputs: tuple, output: object) -> None:
-        peak[0] = max(peak[0], _bytes(inputs) + _bytes(output))
-        if seen_layer[0] and after is not None:
-            retained[0] += _bytes(output)
-        if module is after:
+        if module in leaves:
+            peak[0] = max(peak[0], _bytes(inputs) + _bytes(output))
+            total[0] += _bytes(output)
+            if seen_layer[0] and layer is not None and module is not layer:
+                after[0] += _bytes(output)
+        if module is layer:
             seen_layer[0] = True
+            at_layer["bytes"] = _bytes(output)
+            at_layer["channels"] = int(output.shape[1]) if torch.is_tensor(output) and output.dim() > 1 else 0
 
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(record) for m in leaves]
-    if after is not None and after not in leaves:
-        handles.append(after.register_forward_hook(record))
+    leaves = {m for m in model.modules() if not any(True for _ in m.children())}
+    handles = [m.register_forward_hook(record) for m in leaves | ({layer} if layer is not None else set())]
     try:
         model(sample)
     finally:
         for handle in handles:
             handle.remove()
-    return peak[0], retained[0]
+    return Probe(image=_bytes(sample), peak=peak[0], after_layer=after[0], total=total[0],
+                 layer=at_layer["bytes"], plane=int(sample.shape[-2] * sample.shape[-1]), channels=at_layer["channels"])
 
 
-def footprint(metric: str, model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None) -> Footprint:
+def footprint(metric: str, model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None,
+              explainer: Explainer | None = None, settings: Settings | None = None) -> Footprint:
     """Memory model of ``metric`` for ``model`` on inputs shaped like ``sample [1, C, H, W]``.
 
     Per forward input: the activations, plus the perturbed input and its sources (AOPC: the image,
-    its noise fill and the mask; Max-Sensitivity: the image, the noise, the map and, for the
-    backward, every activation after the target layer and its gradient). Per loaded image: the
-    image, AOPC's fill and int64 region ranks, the reference maps.
+    its noise fill and the mask; Max-Sensitivity: the image, the noise, the map and what the
+    explainer needs to re-explain it, from its declared footprint). Per loaded image: the image,
+    AOPC's fill and int64 region ranks, the reference maps.
     """
-    peak, retained = probe(model, sample, layer if metric == "max_sensitivity" else None)
-    image = _bytes(sample)
-    plane = sample.shape[-2] * sample.shape[-1]
+    sizes = probe(model, sample, layer)
+    image, plane = sizes.image, sizes.plane
     params = sum(_bytes(t) for t in model.parameters()) + sum(_bytes(t) for t in model.buffers())
-    activations = int(ACTIVATION_SAFETY * peak)
+    activations = int(ACTIVATION_SAFETY * sizes.peak)
     if metric == "aopc":
         return Footprint(fixed=2 * params, per_block_image=2 * image + 12 * plane, per_sample=activations + 3 * image + 9 * plane)
     if metric == "max_sensitivity":
-        return Footprint(fixed=2 * params, per_block_image=image + 8 * plane, per_sample=activations + 3 * image + 2 * retained + 8 * plane)
+        if explainer is None:
+            raise ValueError("the Max-Sensitivity memory model needs the explainer that re-explains")
+        need = explainer.footprint(sizes, settings if settings is not None else explainer.settings())
+        return Footprint(fixed=2 * params + need.fixed, per_block_image=image + 8 * plane,
+                         per_sample=activations + 3 * image + need.per_image + 8 * plane)
     if metric == "haas":
         return Footprint(fixed=2 * params, per_block_image=2 * image, per_sample=activations + image)
     raise ValueError(f"no memory model for metric {metric!r}")

@@ -50,7 +50,7 @@ class ModelSpec:
     trainable: tuple[str, ...] | None = None
 
     @classmethod
-    def from_config(cls, config: dict, num_classes: int, input_size: int) -> "ModelSpec":
+    def from_config(cls, config: dict, num_classes: int, input_size: int) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)} - {"num_classes", "input_size"}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -288,6 +288,11 @@ def memory_format(name: str | None) -> torch.memory_format:
     if name not in (None, *MEMORY_FORMATS):
         raise ValueError(f"memory_format must be one of {sorted(MEMORY_FORMATS)}, got {name!r}")
     return MEMORY_FORMATS[name or "contiguous"]
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision (float16) for forwards on CUDA when ``enabled``; float32 everywhere else."""
+    return torch.autocast(device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
 def pick_device(requested: str = "auto") -> torch.device:

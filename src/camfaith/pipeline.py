@@ -1,7 +1,8 @@
 """One function per pipeline stage, on paths and config subtrees. Rule scripts call exactly one.
 
-These are the seams later work plugs into: a new dataset source is a ``download`` branch plus an
-index adapter, a new method a :data:`camfaith.cams.COMBINE` entry, a new metric a ``score`` branch.
+These are the seams later work plugs into: a new dataset source is a registry entry
+(:mod:`camfaith.data.registry`), a new attribution method an explainer registry entry
+(:mod:`camfaith.explainers`), a new metric a runner (:mod:`camfaith.scoring`).
 """
 
 from __future__ import annotations
@@ -157,47 +158,64 @@ def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_p
 
 
 def explain(raw_dir, index_path, split_path, model_path, method: str, params: dict, maps_path, identity: dict) -> None:
-    """Raw maps of ``method`` for every test image, with what the metrics need, into HDF5."""
+    """Raw maps of ``method`` (an explainer of :mod:`camfaith.explainers`) for every test image, with
+    what the metrics need, into HDF5 (maps format 2). ``params`` holds the method's own ``settings``,
+    ``target``, ``batch_size``, ``device`` and, for stochastic methods, ``seed``."""
     import torch
     from torch.utils.data import DataLoader
 
-    from camfaith import cams
+    from camfaith import explainers
     from camfaith.data.images import Preprocessing
-    from camfaith.models import load_checkpoint, memory_format, pick_device, resolve_layer
+    from camfaith.explainers.runtime import image_seeds, layer_for
+    from camfaith.models import autocast, load_checkpoint, memory_format, pick_device
     from camfaith.store import MapSet, write_maps
 
+    explainer = explainers.get(method)
+    settings = explainer.make_settings(params.get("settings"))
     device = pick_device(params.get("device", "auto"))
     model, spec, classes, prep = load_checkpoint(model_path, device)
     layout = memory_format(params.get("memory_format"))
     model = model.to(memory_format=layout)
-    layer_name, layer = resolve_layer(model, spec.target_layer)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # explainers differentiate inputs or activations, never weights
+    layer_name, layer = layer_for(explainer, model, spec.target_layer)
     test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
     loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
     target_mode = params.get("target", "label")
     if target_mode not in ("label", "predicted"):
         raise ValueError(f"explain.target must be 'label' or 'predicted', got {target_mode!r}")
-    amp = params.get("amp", True) and device.type == "cuda"
+    amp = params.get("amp", True) and explainer.amp and device.type == "cuda"
+    seed = params.get("seed", 0)
     parts: dict[str, list] = {"maps": [], "logits": [], "targets": [], "labels": []}
-    for images, labels, _ in loader:
+    for images, labels, positions in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
-        targets = labels.to(device) if target_mode == "label" else None
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            activations, gradients, logits, used = cams.activations_and_gradients(model, layer, images, targets)
-        parts["maps"].append(cams.combine(activations, gradients, [method])[method].cpu())
-        parts["logits"].append(logits.float().cpu())
-        parts["targets"].append(used.cpu())
+        with torch.no_grad(), autocast(device, amp):
+            logits = model(images).float()
+        targets = labels.to(device) if target_mode == "label" else logits.argmax(dim=1)
+        seeds = image_seeds(seed, [test.image_ids[p] for p in positions.tolist()])
+        with autocast(device, amp):
+            maps = explainer.explain(model, layer, images, targets, settings, seeds)
+        parts["maps"].append(maps.float().cpu())
+        parts["logits"].append(logits.cpu())
+        parts["targets"].append(targets.cpu())
         parts["labels"].append(labels)
     logits = torch.cat(parts["logits"])
+    map_shape = list(parts["maps"][0].shape[1:])
+    attrs = {**identity, "method": method, "resolution": explainer.resolution, "settings": settings.as_dict(),
+             "map_shape": map_shape, "target_mode": target_mode, "classes": classes, "checkpoint_sha256": sha256_file(model_path),
+             "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device)}
+    if layer_name is not None:
+        attrs["layer"] = layer_name
+    if explainer.stochastic:
+        attrs["seed"] = seed
     maps = MapSet(
         maps=torch.cat(parts["maps"]).numpy(), image_ids=test.image_ids,
         labels=torch.cat(parts["labels"]).numpy(), predictions=logits.argmax(1).numpy(),
-        targets=torch.cat(parts["targets"]).numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(),
-        attrs={**identity, "method": method, "layer": layer_name, "layer_shape": list(parts["maps"][0].shape[1:]),
-               "target_mode": target_mode, "classes": classes, "checkpoint_sha256": sha256_file(model_path),
-               "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device)},
+        targets=torch.cat(parts["targets"]).numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(), attrs=attrs,
     )
     write_maps(maps_path, maps)
-    log.info("%s maps %s for %d images at layer %s", method, maps.maps.shape[1:], len(maps.image_ids), layer_name)
+    log.info("%s maps %s (%s resolution) for %d images%s, settings %s", method, map_shape, explainer.resolution, len(maps.image_ids),
+             f" at layer {layer_name}" if layer_name else "", settings.as_dict())
 
 
 def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, params: dict, scores_path, identity: dict) -> None:
@@ -207,11 +225,12 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from camfaith import memory, scoring
+    from camfaith import explainers, memory, scoring
     from camfaith.data.images import Preprocessing
+    from camfaith.explainers.runtime import image_seeds, layer_for
     from camfaith.metrics import common, resolve
-    from camfaith.models import load_checkpoint, memory_format, pick_device, resolve_layer
-    from camfaith.store import read_maps
+    from camfaith.models import load_checkpoint, memory_format, pick_device
+    from camfaith.store import map_settings, read_maps
 
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
@@ -226,15 +245,21 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     if test.image_ids != maps.image_ids:
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
     selected = common.select(maps.labels, maps.predictions, settings["images"])
-    layer = resolve_layer(model, str(maps.attrs["layer"]))[1] if metric in scoring.NEEDS_LAYER else None
+    explainer = explainers.get(str(maps.attrs["method"]))
+    explainer_settings = explainer.make_settings(map_settings(maps), f"the settings recorded in {maps_path}")
+    layer = None
+    if metric in scoring.REEXPLAINS:
+        layer = layer_for(explainer, model, str(maps.attrs["layer"]) if "layer" in maps.attrs else None)[1]
+    seeds = image_seeds(int(maps.attrs.get("seed", 0)), maps.image_ids)
     plan = memory.Plan(settings["batch_size"], settings["images_per_block"], None, float("nan"))
     if len(selected):
         sample = test[int(selected[0])][0].unsqueeze(0).to(device).contiguous(memory_format=layout)
-        need = memory.footprint(metric, model, sample, layer)
+        need = memory.footprint(metric, model, sample, layer, explainer, explainer_settings)
         plan = memory.fit(need, settings["batch_size"], settings["images_per_block"], settings.get("memory_mb"))
     effective = {**settings, "batch_size": plan.batch_size, "images_per_block": plan.images_per_block}
     context = scoring.Context(model=model, maps=maps, settings=effective, preprocessing=preprocessing, device=device,
-                              seed=params["seed"], amp=settings.get("amp", True) and device.type == "cuda", layer=layer)
+                              seed=params["seed"], amp=settings.get("amp", True) and device.type == "cuda", explainer=explainer,
+                              explainer_settings=explainer_settings, layer=layer)
     log.info("%s of %s maps on %d of %d images (%s protocol), settings %s", metric, context.method, len(selected),
              len(maps.image_ids), params["protocol"], settings)
     log.info("memory plan: %s", plan.as_dict())
@@ -246,26 +271,30 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
             yield scoring.Block(
                 images=images.to(device, non_blocking=True).contiguous(memory_format=layout), raw=torch.from_numpy(maps.maps[positions]).to(device),
                 targets=torch.from_numpy(maps.targets[positions]).to(device),
-                image_ids=[maps.image_ids[p] for p in positions], positions=positions,
+                image_ids=[maps.image_ids[p] for p in positions], positions=positions, seeds=[seeds[p] for p in positions],
             )
 
     rows = scoring.run(metric, context, blocks(), selected)
     frame = common.score_frame(rows, {**identity, "method": context.method, "metric": metric, "protocol": params["protocol"]})
     metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
                 "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
-                "layer": str(maps.attrs["layer"]), "device": str(device), "memory_plan": plan.as_dict(),
+                "layer": str(maps.attrs["layer"]) if "layer" in maps.attrs else None, "resolution": str(maps.attrs["resolution"]),
+                "explainer_settings": explainer_settings.as_dict(), "device": str(device), "memory_plan": plan.as_dict(),
                 "package_versions": package_versions()}
     write_table(frame, scores_path, metadata)
 
 
-def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict) -> None:
+def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict,
+                     skipped: list[dict] | None = None) -> None:
     """The study's tables: classification, AOPC per region size, Max-Sensitivity per radius, HAAS
-    (Markdown, winner in bold) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them."""
+    (Markdown, a section per model, a row per method, the best in bold, "not run" rows for the
+    methods a metric left out) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them."""
     from camfaith import aggregate as agg
 
     scores = agg.read_scores(score_paths)
     classification = agg.classification_table(eval_paths, eval_identities)
-    summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else pd.DataFrame(columns=agg.CELL + ["method", "n", "mean", "ci_low", "ci_high", "best"])
+    empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "mean", "ci_low", "ci_high", "best"])
+    summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else empty
     paired = agg.paired_tests(scores) if not scores.empty else pd.DataFrame()
     summary["grid"] = pd.Series(dtype="string")
     if not summary.empty:
@@ -274,12 +303,12 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
                            zip(summary["dataset"], summary["model"], summary["metric"], summary["parameter_value"])]
     texts = {
         "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
-        "aopc_md": "# AOPC (MoRF), higher is better\n\nRows: region size in px; cells: mean [95% bootstrap CI]; best method per model in bold.\n\n"
-                   + (agg.markdown_wide(summary, "aopc", "region") if not summary.empty else "not run\n"),
-        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nRows: noise radius r.\n\n"
-                              + (agg.markdown_wide(summary, "max_sensitivity", "radius") if not summary.empty else "not run\n"),
+        "aopc_md": "# AOPC (MoRF), higher is better\n\nColumns: region size in px (grid); cells: mean [95% bootstrap CI] over the "
+                   "scored images; the best mean of each column in bold.\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
+        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input).\n\n"
+                              + agg.markdown_by_model(summary, "max_sensitivity", "method", skipped),
         "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n"
-                   + (agg.markdown_wide(summary, "haas", "") if not summary.empty else "not run\n"),
+                   + agg.markdown_by_model(summary, "haas", "method", skipped),
     }
     write_csv(classification, out["classification_csv"])
     write_csv(summary, out["summary_csv"])

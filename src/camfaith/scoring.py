@@ -15,7 +15,9 @@ from torch import nn
 
 from camfaith import postprocess
 from camfaith.data.images import Preprocessing
+from camfaith.explainers import Explainer, Settings
 from camfaith.metrics import aopc, common, haas, max_sensitivity
+from camfaith.models import autocast
 from camfaith.store import MapSet
 
 ROW_COLUMNS = ("image_id", "label", "target", "prediction", "parameter", "parameter_value", "quantity", "step", "value")
@@ -24,7 +26,8 @@ ROW_COLUMNS = ("image_id", "label", "target", "prediction", "parameter", "parame
 @dataclass
 class Context:
     """What every runner may use: the model (eval, no parameter gradients), the stored maps, the
-    resolved settings and where to compute."""
+    resolved settings and where to compute; for metrics that re-explain, the maps' explainer with
+    its recorded settings and the layer it reads."""
 
     model: nn.Module
     maps: MapSet
@@ -33,6 +36,8 @@ class Context:
     device: torch.device
     seed: int
     amp: bool
+    explainer: Explainer | None = None
+    explainer_settings: Settings | None = None
     layer: nn.Module | None = None
     post: postprocess.PostProcess = field(init=False)
 
@@ -47,13 +52,14 @@ class Context:
 @dataclass
 class Block:
     """A block of selected images: inputs ``[n, C, H, W]`` on the device, their raw maps ``[n, h, w]``,
-    targets ``[n]``, ids and positions in the maps file."""
+    targets ``[n]``, ids, positions in the maps file and the explainer's per-image seeds."""
 
     images: torch.Tensor
     raw: torch.Tensor
     targets: torch.Tensor
     image_ids: list[str]
     positions: np.ndarray
+    seeds: list[int]
 
 
 class Rows:
@@ -102,7 +108,8 @@ class AopcRunner(Runner):
 
 
 class MaxSensitivityRunner(Runner):
-    """Per image and radius: the largest (optionally normalised) map change under the radius's noise."""
+    """Per image and radius: the largest (optionally normalised) map change under the radius's noise,
+    the noisy copies re-explained by the maps' own explainer."""
 
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         settings = context.settings
@@ -110,11 +117,20 @@ class MaxSensitivityRunner(Runner):
         if settings.get("clip", False):
             zeros = torch.zeros(1, block.images.shape[1], 1, 1, device=context.device)
             clip_range = (context.preprocessing.from_unit(zeros), context.preprocessing.from_unit(zeros + 1))
+        explainer, explainer_settings = context.explainer, context.explainer_settings
+        if explainer is None:
+            raise ValueError("Max-Sensitivity re-explains: the context needs the maps' explainer")
+        amp = context.amp and explainer.amp
+
+        def explain(noisy: torch.Tensor, targets: torch.Tensor, seeds) -> torch.Tensor:
+            with autocast(context.device, amp):
+                return explainer.explain(context.model, context.layer, noisy, targets, explainer_settings, seeds)
+
         for entry in settings["radii"]:
             values = max_sensitivity.max_sensitivity(
-                context.model, context.layer, context.method, block.images, block.raw, block.targets, block.image_ids,
-                entry["radius"], entry["samples"], context.post, settings["normalise"], clip_range, context.seed,
-                settings["batch_size"], context.amp).cpu()
+                explain, block.images, block.raw, block.targets, block.image_ids, block.seeds, radius=entry["radius"],
+                samples=entry["samples"], post=context.post, normalise=settings["normalise"], clip_range=clip_range,
+                seed=context.seed, batch_size=settings["batch_size"]).cpu()
             for i, position in enumerate(block.positions):
                 rows.add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
 
@@ -140,7 +156,7 @@ class HaasRunner(Runner):
 
 
 RUNNERS: dict[str, type[Runner]] = {"aopc": AopcRunner, "max_sensitivity": MaxSensitivityRunner, "haas": HaasRunner}
-NEEDS_LAYER = {"max_sensitivity"}  # metrics that recompute maps, so need the target layer
+REEXPLAINS = {"max_sensitivity"}  # metrics that recompute maps, so need the explainer and its layer
 
 
 def run(metric: str, context: Context, blocks, selected: np.ndarray) -> dict[str, list]:

@@ -14,7 +14,10 @@ import pyarrow.parquet as pq
 
 from camfaith.io import atomic_path, canonical_json
 
-MAPS_FORMAT = "camfaith.maps/1"
+MAPS_FORMAT = "camfaith.maps/2"
+# Attributes every maps file carries (format 2: the explainer's resolution and settings are recorded;
+# ``layer`` only where the method reads one).
+REQUIRED_MAP_ATTRS = ("method", "resolution", "settings", "map_shape")
 PARQUET_METADATA_KEY = b"camfaith"
 
 
@@ -22,7 +25,7 @@ PARQUET_METADATA_KEY = b"camfaith"
 class MapSet:
     """The content of one maps file. Arrays are indexed by image position ``n`` (``N`` images, ``K`` classes)."""
 
-    maps: np.ndarray  # [N, h, w] float32, raw (signed, before ReLU/scaling), target-layer resolution
+    maps: np.ndarray  # [N, h, w] float32, raw (signed, before ReLU/scaling), at the method's resolution (layer or input)
     image_ids: list[str]
     labels: np.ndarray  # [N] int64
     predictions: np.ndarray  # [N] int64, argmax of logits
@@ -33,8 +36,11 @@ class MapSet:
 
 
 def write_maps(path: str | Path, maps: MapSet) -> None:
-    """Write ``maps`` atomically to ``path`` (HDF5, layout ``camfaith.maps/1``)."""
+    """Write ``maps`` atomically to ``path`` (HDF5, layout ``camfaith.maps/2``, docs/formats.md)."""
     n = len(maps.image_ids)
+    missing = [key for key in REQUIRED_MAP_ATTRS if key not in maps.attrs]
+    if missing:
+        raise ValueError(f"{path}: maps attributes {missing} are required ({MAPS_FORMAT})")
     shapes = {"maps": maps.maps.shape[0], "labels": len(maps.labels), "predictions": len(maps.predictions),
               "targets": len(maps.targets), "logits": maps.logits.shape[0], "probabilities": maps.probabilities.shape[0]}
     wrong = {name: size for name, size in shapes.items() if size != n}
@@ -57,8 +63,11 @@ def write_maps(path: str | Path, maps: MapSet) -> None:
 def read_maps(path: str | Path) -> MapSet:
     """Read a file written by :func:`write_maps`; a wrong format is an error naming the file."""
     with h5py.File(path, "r") as handle:
-        if handle.attrs.get("format") != MAPS_FORMAT:
-            raise ValueError(f"{path}: not a camfaith maps file (expected format {MAPS_FORMAT})")
+        found = handle.attrs.get("format")
+        if found != MAPS_FORMAT:
+            older = isinstance(found, str) and found.startswith("camfaith.maps/")
+            hint = " (written by an older camfaith: re-run its explain job, e.g. snakemake --forcerun explain)" if older else ""
+            raise ValueError(f"{path}: not a camfaith maps file of format {MAPS_FORMAT}, found {found!r}{hint}")
         return MapSet(
             maps=handle["maps"][...],
             image_ids=[s.decode() if isinstance(s, bytes) else str(s) for s in handle["image_id"][...]],
@@ -66,6 +75,11 @@ def read_maps(path: str | Path) -> MapSet:
             logits=handle["logits"][...], probabilities=handle["probabilities"][...],
             attrs={key: handle.attrs[key] for key in handle.attrs},
         )
+
+
+def map_settings(maps: MapSet) -> dict:
+    """The explainer settings recorded in a maps file (format 2)."""
+    return json.loads(str(maps.attrs["settings"]))
 
 
 def write_table(frame: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:

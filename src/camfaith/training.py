@@ -41,7 +41,7 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: dict) -> "TrainConfig":
+    def from_config(cls, config: dict) -> TrainConfig:
         unknown = sorted(set(config) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown training key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")

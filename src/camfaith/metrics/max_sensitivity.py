@@ -6,16 +6,24 @@ post-processed as configured and upsampled to the input, and
 
     MaxSens(x) = max_s ‖Φ(x) − Φ(y_s)‖₂  [ / ‖Φ(x)‖₂ when ``normalise`` ]
 
-Each sample costs one forward and one backward that stops at the target layer (:mod:`camfaith.cams`).
+Φ(y_s) is recomputed by the same explainer, with the settings, layer and target class of the
+stored map (Captum's ``sensitivity_max`` takes an explanation function the same way), so the metric
+works for every method: one sample costs what one explanation of one image costs (a forward and a
+head-only backward for the Grad-CAM family, a forward per channel for Score-CAM, ...). A stochastic
+explainer re-explains a noisy copy with its image's own seed, so only the input noise differs.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Callable, Sequence
 
-from camfaith import cams, postprocess
+import torch
+
+from camfaith import postprocess
 from camfaith.metrics.common import chunks, generator, layout_of
+
+# (images [M, C, H, W], targets [M], seeds [M]) -> raw maps [M, h, w] at the explainer's resolution
+ExplainFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
 
 
 def fill_noise(out: torch.Tensor, image_id: str, radius: float, sample: int, seed: int) -> torch.Tensor:
@@ -39,13 +47,14 @@ def perturbations(image: torch.Tensor, image_id: str, radius: float, samples: in
 
 
 def max_sensitivity(
-    model: nn.Module, layer: nn.Module, method: str, images: torch.Tensor, raw_maps: torch.Tensor, targets: torch.Tensor,
-    image_ids: list[str], radius: float, samples: int, post: postprocess.PostProcess, normalise: bool,
-    clip_range: tuple[torch.Tensor, torch.Tensor] | None, seed: int, batch_size: int, amp: bool = True,
+    explain: ExplainFn, images: torch.Tensor, raw_maps: torch.Tensor, targets: torch.Tensor, image_ids: Sequence[str],
+    seeds: Sequence[int], *, radius: float, samples: int, post: postprocess.PostProcess, normalise: bool,
+    clip_range: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int, batch_size: int,
 ) -> torch.Tensor:
     """MaxSens ``[n]`` for ``images [n, C, H, W]`` whose raw maps ``raw_maps [n, h, w]`` were computed
-    for ``targets [n]``. ``clip_range`` (low, high ``[1, C, 1, 1]``) clamps the noisy inputs; None
-    leaves them unclipped (the study). A zero reference map with ``normalise`` gives NaN."""
+    for ``targets [n]`` with per-image explainer ``seeds``; ``explain`` recomputes maps of noisy copies,
+    ``batch_size`` of them per call. ``clip_range`` (low, high ``[1, C, 1, 1]``) clamps the noisy
+    inputs; None leaves them unclipped (the study). A zero reference map with ``normalise`` gives NaN."""
     n, _, height, width = images.shape
     size = (height, width)
     reference = postprocess.apply(raw_maps, post, size)
@@ -65,8 +74,7 @@ def max_sensitivity(
         torch.add(images[which], noise, out=noisy)
         if clip_range is not None:
             noisy = torch.maximum(torch.minimum(noisy, clip_range[1]), clip_range[0])
-        with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and images.device.type == "cuda"):
-            maps = cams.compute(model, layer, noisy, targets[which], [method])[method]
+        maps = explain(noisy, targets[which], [seeds[k // samples] for k in range(part.start, part.stop)])
         perturbed = postprocess.apply(maps, post, size)
         flat[part] = (perturbed - reference[which]).flatten(1).norm(dim=1)
     worst = distances.max(dim=1).values
