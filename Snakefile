@@ -17,7 +17,12 @@ configfile: workflow.source_path("config/config.yaml")
 
 
 adopt_study_sections(study)
-validate_config()
+PLAN = prepare_config()
+USES_GPU = configuration.cuda_expected(config["device"])
+
+
+# The software of every rule: the project's image (Dockerfile), used with --sdm apptainer.
+container: config["container"]
 
 
 report: "report/workflow.rst"

@@ -13,6 +13,7 @@ rule tables:
     params:
         aggregate={"seed": config["seed"]},
         identities=identities(),
+        skipped=skipped_scores(),
     log:
         "logs/aggregate/tables.log",
     benchmark:
@@ -55,7 +56,6 @@ rule overlays:
         pdf="results/aggregate/figures/overlays/{dataset}/{model}.pdf",
     params:
         overlay=overlay_params,
-        methods=methods(),
     log:
         "logs/aggregate/overlays/{dataset}/{model}.log",
     benchmark:

@@ -1,21 +1,15 @@
-# Helpers only: config validation, target lists and the config subtree each job receives.
+# Helpers only: the config check, target lists and the config subtree each job receives. The plan
+# (methods of each model, metrics, skips, grid members) is PLAN, which the Snakefile assigns from
+# prepare_config(); camfaith.configuration holds the logic.
 import copy
 
-from snakemake.utils import validate
-
-from camfaith import sweep
+from camfaith import configuration, explainers, sweep
 from camfaith.io import software_fingerprint
 from camfaith.data import registry
 
-METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
-GRID_MEMBERS = {}  # dataset -> expanded model name -> its grid values (filled by validate_config)
-
 
 def study_sections(user_config):
-    """The ``datasets`` and ``models`` a user config brings (None when it brings no datasets)."""
-    if "datasets" not in user_config:
-        return None
-    return {key: copy.deepcopy(user_config.get(key, {})) for key in ("datasets", "models")}
+    return configuration.study_sections(user_config)
 
 
 def adopt_study_sections(study):
@@ -23,22 +17,14 @@ def adopt_study_sections(study):
         config.update(study)
 
 
-def validate_config():
-    """Schema first (names the wrong key), then the cross-references a schema cannot express; then
-    model grids are expanded into one model per combination (camfaith.sweep)."""
-    global GRID_MEMBERS
-    schema = workflow.source_path("../config/schema.yaml")
-    validate(config, schema=schema)
-    config["models"], GRID_MEMBERS = sweep.expand(config["models"])
-    validate(config, schema=schema)  # the expanded members, with their grid values in place
-    for dataset, models in config["models"].items():
-        if dataset not in config["datasets"]:
-            raise ValueError(f"config models.{dataset}: no dataset {dataset!r} under datasets ({sorted(config['datasets'])})")
-    for dataset in config["datasets"]:
-        if not config["models"].get(dataset):
-            raise ValueError(f"config datasets.{dataset}: no model under models.{dataset}")
-    if not enabled_metrics():
-        raise ValueError("config metrics: enable at least one of " + ", ".join(METRIC_NAMES))
+def prepare_config():
+    """Validate the merged config before any job (the error names the key) and plan the study."""
+    return configuration.prepare(config, workflow.source_path("../config/schema.yaml"))
+
+
+def method_pattern():
+    """The explain and score rules' ``method`` wildcard: a name of the explainer registry."""
+    return "|".join(explainers.names())
 
 
 def dataset_models():
@@ -47,11 +33,11 @@ def dataset_models():
 
 
 def enabled_metrics():
-    return [m for m in METRIC_NAMES if m in config["metrics"] and config["metrics"][m].get("enabled", True)]
+    return list(PLAN.metrics)
 
 
-def methods():
-    return list(config["explain"]["methods"])
+def model_methods(dataset, model):
+    return list(PLAN.methods[(dataset, model)])
 
 
 def test_scores():
@@ -59,11 +45,18 @@ def test_scores():
 
 
 def score_files():
+    """Every score file of the plan: each metric on each method of each model, but the skipped ones."""
     return [
         f
         for dataset, model in dataset_models()
-        for f in expand("results/score/{dataset}/{model}/{method}/{metric}.parquet", dataset=dataset, model=model, method=methods(), metric=enabled_metrics())
+        for metric in enabled_metrics()
+        for f in expand("results/score/{dataset}/{model}/{method}/{metric}.parquet", dataset=dataset, model=model, method=PLAN.scored(dataset, model, metric), metric=metric)
     ]
+
+
+def skipped_scores():
+    """The (dataset, model, method, metric) combinations a metric leaves out, with the reason (for the tables)."""
+    return [skip.as_dict() for skip in PLAN.skips]
 
 
 def overlay_figures(extension):
@@ -72,11 +65,26 @@ def overlay_figures(extension):
 
 def sweep_outputs():
     """The min/max HAAS table, when a model grid is configured and HAAS is enabled."""
-    return list(rules.sweep_table.output) if GRID_MEMBERS and "haas" in enabled_metrics() else []
+    return list(rules.sweep_table.output) if PLAN.grid_members and "haas" in enabled_metrics() else []
 
 
 def final_outputs():
     return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"]) + sweep_outputs()
+
+
+def torch_threads():
+    """Threads of a torch job: 4 where a GPU does the work (data loading and host-side steps), 1 on a
+    CPU-only machine, where running several single-threaded jobs side by side uses the cores better
+    than one multi-threaded job does (small models scale poorly over threads, and each job's 3-4 s of
+    imports then overlap): measured 111 s instead of 178 s for the tiny test config on 2 cores.
+    ``--set-threads <rule>=N`` overrides it."""
+    return 4 if USES_GPU else 1
+
+
+def gpu_slots():
+    """The ``gpu`` resource a torch job takes: 1 with a GPU (profiles/default offers one, so GPU jobs
+    run one at a time), 0 on a CPU-only machine (the cores alone limit how many run)."""
+    return 1 if USES_GPU else 0
 
 
 # Versions of everything camfaith computes with, as a param of the heavy rules: upgrading torch (or
@@ -121,13 +129,20 @@ def evaluate_params(wildcards):
 
 
 def explain_params(wildcards):
-    # The method list is left out on purpose: adding a method must not re-run the others.
-    settings = {key: value for key, value in config["explain"].items() if key != "methods"}
-    return {**settings, "device": config["device"]}
+    """The explain settings shared by every method, plus this method's own settings (with defaults
+    filled in) and, for a stochastic method, the seed: the method list and the other methods'
+    settings are left out, so adding or retuning one method re-runs only its maps and scores."""
+    shared = {key: value for key, value in config["explain"].items() if key != "methods"}
+    settings = PLAN.methods[(wildcards.dataset, wildcards.model)][wildcards.method]
+    params = {**shared, "settings": settings.as_dict(), "device": config["device"]}
+    if explainers.get(wildcards.method).stochastic:
+        params["seed"] = config["seed"]
+    return params
 
 
 def score_params(wildcards):
-    settings = {key: value for key, value in config["metrics"][wildcards.metric].items() if key != "enabled"}
+    # enabled and skip_methods decide which jobs exist, not what one computes
+    settings = {key: value for key, value in config["metrics"][wildcards.metric].items() if key not in ("enabled", "skip_methods")}
     return {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
 
 
@@ -143,20 +158,21 @@ def score_mem_mb(wildcards):
 
 
 def overlay_params(wildcards):
-    return {"examples": config["aggregate"]["examples"], "image_size": config["datasets"][wildcards.dataset]["preprocessing"]["image_size"]}
+    return {"examples": config["aggregate"]["examples"], "image_size": config["datasets"][wildcards.dataset]["preprocessing"]["image_size"],
+            "methods": model_methods(wildcards.dataset, wildcards.model)}
 
 
 def overlay_inputs(wildcards):
-    """Named inputs of an overlay figure: ``maps_<method>`` for every method, plus images and index."""
-    maps = expand("results/explain/{dataset}/{model}/{method}.h5", dataset=wildcards.dataset, model=wildcards.model, method=methods())
-    named = {f"maps_{method}": path for method, path in zip(methods(), maps)}
+    """Named inputs of an overlay figure: ``maps_<method>`` for every method of the model, plus images and index."""
+    methods = model_methods(wildcards.dataset, wildcards.model)
+    maps = expand("results/explain/{dataset}/{model}/{method}.h5", dataset=wildcards.dataset, model=wildcards.model, method=methods)
+    named = {f"maps_{method}": path for method, path in zip(methods, maps)}
     return {**named, "raw": f"results/download/{wildcards.dataset}", "index": f"results/index/{wildcards.dataset}/index.parquet"}
 
 
 def sweep_params():
-    """What the min/max table needs: each grid member's values, and the method HAAS is read for
-    (HiResCAM, as in the study's sweep, when it is configured)."""
-    return {"members": GRID_MEMBERS, "method": "hirescam" if "hirescam" in methods() else methods()[0]}
+    """What the min/max table needs: each grid member's values, and the method HAAS is read for."""
+    return {"members": PLAN.grid_members, "method": sweep.haas_method(list(PLAN.methods.values()))}
 
 
 def identities():

@@ -1,5 +1,5 @@
 wildcard_constraints:
-    method="[^/]+",
+    method=method_pattern(),
 
 
 rule explain:
@@ -17,10 +17,10 @@ rule explain:
         "logs/explain/{dataset}/{model}/{method}.log",
     benchmark:
         "benchmarks/explain/{dataset}/{model}/{method}.tsv"
-    threads: 4
+    threads: torch_threads()
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_slots(),
     script:
         "../workflow/scripts/explain.py"

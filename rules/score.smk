@@ -18,10 +18,10 @@ rule score:
         "logs/score/{dataset}/{model}/{method}/{metric}.log",
     benchmark:
         "benchmarks/score/{dataset}/{model}/{method}/{metric}.tsv"
-    threads: 4
+    threads: torch_threads()
     resources:
         mem_mb=score_mem_mb,
         runtime=720,
-        gpu=1,
+        gpu=gpu_slots(),
     script:
         "../workflow/scripts/score.py"

@@ -19,11 +19,11 @@ rule train:
         "logs/train/{dataset}/{model}.log",
     benchmark:
         "benchmarks/train/{dataset}/{model}.tsv"
-    threads: 4
+    threads: torch_threads()
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=1,
+        gpu=gpu_slots(),
     script:
         "../workflow/scripts/train.py"
 
@@ -43,10 +43,10 @@ rule evaluate:
         "logs/evaluate/{dataset}/{model}.log",
     benchmark:
         "benchmarks/evaluate/{dataset}/{model}.tsv"
-    threads: 4
+    threads: torch_threads()
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_slots(),
     script:
         "../workflow/scripts/evaluate.py"

@@ -12,7 +12,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_config.yaml")
-METHODS = ("gradcam", "hirescam", "gradcampp", "xgradcam")
+_TINY_CONFIG = yaml.safe_load(TINY.read_text())
+METHODS = tuple(m if isinstance(m, str) else next(iter(m)) for m in _TINY_CONFIG["explain"]["methods"])  # tinyres
+GAP_METHODS = tuple(_TINY_CONFIG["models"]["synthetic"]["tinygap"]["methods"])
+SKIPPED = {"max_sensitivity": set(_TINY_CONFIG["metrics"]["max_sensitivity"]["skip_methods"])}
+
+
+def scored(metric: str) -> int:
+    """Score jobs of one metric in the tiny run: every method of both models, but the skipped ones."""
+    return len(set(METHODS) - SKIPPED.get(metric, set())) + len(set(GAP_METHODS) - SKIPPED.get(metric, set()))
 TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", "aopc.md", "max_sensitivity.md", "haas.md")
 FIGURES = ("morf_curves", "max_sensitivity", "accuracy_vs_aopc")
 
@@ -62,11 +70,19 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     for name in FIGURES:
         for extension in ("png", "pdf"):
             assert (tiny_run / f"results/aggregate/figures/{name}.{extension}").stat().st_size > 1000
-    for extension in ("png", "pdf"):
-        assert (tiny_run / f"results/aggregate/figures/overlays/synthetic/tinyres.{extension}").stat().st_size > 1000
+    for model in ("tinyres", "tinygap"):
+        for extension in ("png", "pdf"):
+            assert (tiny_run / f"results/aggregate/figures/overlays/synthetic/{model}.{extension}").stat().st_size > 1000
     summary = pd.read_csv(tiny_run / "results/aggregate/tables/summary.csv")
-    assert set(summary["method"]) == set(METHODS)
+    assert set(summary.loc[summary["model"] == "tinyres", "method"]) == set(METHODS)
+    assert set(summary.loc[summary["model"] == "tinygap", "method"]) == set(GAP_METHODS)
     assert set(summary["metric"]) == {"aopc", "max_sensitivity", "haas"}
+    sensitivity = summary[summary["metric"] == "max_sensitivity"]
+    assert not set(sensitivity["method"]) & SKIPPED["max_sensitivity"]
+    table = (tiny_run / "results/aggregate/tables/max_sensitivity.md").read_text()
+    assert re.search(r"^\| Score-CAM \| not run: left out by metrics\.max_sensitivity\.skip_methods \(one Score-CAM map costs one forward per "
+                     r"channel of the target layer\) \|", table, flags=re.M), table
+    assert "| Integrated Gradients | " in table and "| CAM | " in table
     aopc = summary[summary["metric"] == "aopc"]
     assert sorted(aopc["grid"].unique()) == ["2x2", "4x4"]  # 32 px with 16 and 8 px regions
     assert aopc.groupby("parameter_value")["best"].sum().ge(1).all()  # a winner in every cell (ties share it)
@@ -87,10 +103,15 @@ def test_every_stage_logged_and_benchmarked(tiny_run):
 def test_maps_and_scores_are_consistent(tiny_run):
     import h5py
 
+    from camfaith import explainers
+
     for method in METHODS:
         with h5py.File(tiny_run / f"results/explain/synthetic/tinyres/{method}.h5") as handle:
-            assert handle.attrs["method"] == method
-            assert handle["maps"].shape[1:] == (8, 8)  # resnet18 to layer1 at 32 px
+            assert handle.attrs["method"] == method and handle.attrs["format"] == "camfaith.maps/2"
+            resolution = explainers.get(method).resolution
+            assert handle.attrs["resolution"] == resolution
+            # resnet18 to layer1 at 32 px: 8x8 at the layer
+            assert handle["maps"].shape[1:] == ((8, 8) if resolution == "layer" else (32, 32))
             n = handle["maps"].shape[0]
         scores = pd.read_parquet(tiny_run / f"results/score/synthetic/tinyres/{method}/aopc.parquet")
         per_image = scores[scores["quantity"] == "aopc"]
@@ -117,9 +138,23 @@ def test_editing_one_metric_setting_replans_only_that_metric_and_aggregation(tin
     edited = write_config(tiny_run / f"edited_{metric}.yaml", edit)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
-    assert planned_jobs(output) == {"score": len(METHODS), "tables": 1, "figures": 1, "all": 1}
+    assert planned_jobs(output) == {"score": scored(metric), "tables": 1, "figures": 1, "all": 1}
     planned_scores = re.findall(r"output: (results/score/\S+?\.parquet)", output)
-    assert len(planned_scores) == len(METHODS) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
+    assert len(planned_scores) == scored(metric) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
+
+
+def test_changing_one_methods_settings_replans_only_that_method(tiny_run):
+    def more_steps(config):
+        config["explain"]["methods"][METHODS.index("integrated_gradients")] = {"integrated_gradients": {"steps": 6, "internal_batch_size": 16}}
+
+    edited = write_config(tiny_run / "edited_ig.yaml", more_steps)
+    result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
+    output = result.stdout + result.stderr
+    assert planned_jobs(output) == {"explain": 1, "score": 3, "overlays": 1, "tables": 1, "figures": 1, "all": 1}
+    planned = re.findall(r"output: (results/(?:explain|score)/\S+)", output)
+    assert planned and all("/integrated_gradients" in path for path in planned), planned
+    overlays = re.findall(r"output: (results/aggregate/figures/overlays/\S+?)[,\s]", output)
+    assert overlays == ["results/aggregate/figures/overlays/synthetic/tinyres.png"], overlays  # the other model's is not redrawn
 
 
 def test_report_builds(tiny_run):
@@ -133,10 +168,15 @@ def test_report_builds(tiny_run):
     [
         (lambda c: c["metrics"]["aopc"].update(regionpx=[8]), "regionpx"),
         (lambda c: c["explain"].update(batch_size="big"), "batch_size"),
-        (lambda c: c["explain"].update(methods=["gradcam", "scorecam"]), "scorecam"),
+        (lambda c: c["explain"].update(methods=["gradcam", "scorecamm"]), "scorecamm"),
         (lambda c: c.update(protocl="thesis"), "protocl"),
+        (lambda c: c["explain"].update(methods=[{"integrated_gradients": {"stpes": 3}}]), "stpes"),
+        (lambda c: c["explain"].update(methods=["gradcam", "cam"]),
+         "method 'cam' does not apply to models.synthetic.tinyres (resnet18, head flatten): CAM weights the pooled feature maps"),
+        (lambda c: c["metrics"]["aopc"].update(skip_methods=["hirescamm"]), "hirescamm"),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-method", "unknown-top-level-key"],
+    ids=["unknown-key", "wrong-type", "unknown-method", "unknown-top-level-key", "unknown-setting", "method-does-not-apply",
+         "unknown-skipped-method"],
 )
 def test_bad_config_is_refused_before_any_job_naming_the_key(tmp_path, edit, named):
     config = write_config(tmp_path / "bad.yaml", edit)
@@ -149,11 +189,10 @@ def test_bad_config_is_refused_before_any_job_naming_the_key(tmp_path, edit, nam
 def test_default_config_plans_and_lints_clean():
     result = snakemake(ROOT, "-n", "--cores", "1")
     jobs = planned_jobs(result.stdout + result.stderr) if "Job stats" in result.stdout + result.stderr else {}
-    assert "Nothing to be done" in result.stdout + result.stderr or jobs.get("score") == 24
+    # two flatten models x 13 methods x 3 metrics, less 4 methods Max-Sensitivity skips, plus the GAP model's 4 x 3
+    assert "Nothing to be done" in result.stdout + result.stderr or jobs.get("score") == 2 * (13 * 3 - 4) + 4 * 3
     lint = snakemake(ROOT, "--lint", check=False)
-    titles = set(re.findall(r"\* (.+?):\n", lint.stdout + lint.stderr))
-    # docs/workflow.md explains the one lint left: rules name no conda env or container yet.
-    assert titles <= {"Specify a conda environment or container for each rule."}, titles
+    assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
 
 
 def test_thesis_protocol_reruns_only_scores_and_applies_the_study_choices(tiny_run, tmp_path):
@@ -165,7 +204,8 @@ def test_thesis_protocol_reruns_only_scores_and_applies_the_study_choices(tiny_r
     shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
     config = workdir / "config.yaml"
     plan = snakemake(workdir, "-n", "--cores", "1", "--configfile", str(config), "--config", "protocol=thesis")
-    assert planned_jobs(plan.stdout + plan.stderr) == {"score": 3 * len(METHODS), "tables": 1, "figures": 1, "all": 1}
+    assert planned_jobs(plan.stdout + plan.stderr) == {"score": sum(scored(m) for m in ("aopc", "max_sensitivity", "haas")),
+                                                       "tables": 1, "figures": 1, "all": 1}
     snakemake(workdir, "--cores", "2", "--configfile", str(config), "--config", "protocol=thesis")
 
     aopc_path = workdir / "results/score/synthetic/tinyres/hirescam/aopc.parquet"

@@ -21,6 +21,16 @@ import numpy as np
 import pandas as pd
 
 MEMBER_SEPARATOR = "-no"
+STUDY_METHOD = "hirescam"  # the study's sweep reported HAAS of HiResCAM maps (a registry name: tests/test_explainers.py)
+
+
+def haas_method(methods_per_model: list) -> str:
+    """The method whose HAAS the min/max table reports: the study's, when every model has it, else
+    the first method every model has."""
+    shared = [m for m in methods_per_model[0] if all(m in chosen for chosen in methods_per_model)]
+    if not shared:
+        raise ValueError("the HAAS sweep table needs a method that every model has")
+    return STUDY_METHOD if STUDY_METHOD in shared else shared[0]
 
 
 def expand(models: dict[str, dict[str, dict]]) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, dict]]]:
