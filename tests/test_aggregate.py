@@ -60,11 +60,18 @@ def test_haas_summary_row_becomes_the_cell_value():
     assert table.loc["hirescam", "mean"] == 1.05 and table.loc["hirescam", "best"] and not table.loc["gradcam", "best"]
 
 
-def test_markdown_bolds_the_winner():
-    scores = score_rows("aopc", "aopc", "region_px", {"gradcam": [0.2, 0.3], "hirescam": [0.5, 0.6]}, 16.0)
+def test_markdown_has_a_section_per_model_a_row_per_method_and_bolds_the_winner():
+    scores = pd.concat([score_rows("aopc", "aopc", "region_px", {"gradcam": [0.2, 0.3], "hirescam": [0.5, 0.6], "random": [0.1, 0.0]}, px)
+                        for px in (8.0, 16.0)])
     table = aggregate.summary_table(scores)
-    table["grid"] = "4x4"
-    text = aggregate.markdown_wide(table, "aopc", "region")
-    line = [row for row in text.splitlines() if row.startswith("| 16 px (4x4)")][0]
-    cells = [cell.strip() for cell in line.strip("|").split("|")]
-    assert not cells[1].startswith("**") and cells[2].startswith("**0.55")
+    table["grid"] = table["parameter_value"].map({8.0: "8x8", 16.0: "4x4"})
+    skipped = [{"dataset": "d", "model": "m", "method": "scorecam", "metric": "aopc", "reason": "left out because"}]
+    text = aggregate.markdown_by_model(table, "aopc", "method", skipped)
+    lines = text.splitlines()
+    assert lines[0] == "## d / m"
+    assert lines[2] == "| method | 16 px (4x4) | 8 px (8x8) |"  # the coarsest grid first, as in the study
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[4:]}
+    assert list(rows) == ["Grad-CAM", "HiResCAM", "Score-CAM", "Random (control)"]  # registry order, controls last
+    assert rows["HiResCAM"][0].startswith("**0.55") and not rows["Grad-CAM"][0].startswith("**")
+    assert rows["Score-CAM"] == ["not run: left out because", ""]
+    assert aggregate.markdown_by_model(table, "haas", "method") == "not run\n"

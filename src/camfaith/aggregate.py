@@ -64,7 +64,8 @@ def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         rows.append(dict(zip(CELL + ["method"], key), n=int(np.isfinite(values).sum()), mean=float(np.nanmean(values)), ci_low=low, ci_high=high))
     haas = scores[scores["quantity"] == "haas"]
     for _, row in haas.iterrows():
-        images = scores[(scores["quantity"] == "correct_ha") & (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])]
+        same_cell = (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])
+        images = scores[(scores["quantity"] == "correct_ha") & same_cell]
         rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": len(images), "mean": float(row["value"]), "ci_low": np.nan, "ci_high": np.nan})
     table = pd.DataFrame(rows)
     if table.empty:
@@ -109,33 +110,53 @@ def grid_label(scores: pd.DataFrame) -> dict[tuple[str, str, float], str]:
     return labels
 
 
-def markdown_wide(table: pd.DataFrame, metric: str, row_label: str, decimals: int = 2) -> str:
-    """One metric as a Markdown table: a row per parameter value, a column per dataset/model/method,
-    the better method of each cell in bold."""
-    part = table[table["metric"] == metric]
-    if part.empty:
-        return ""
-    columns = sorted({(r.dataset, r.model, r.method) for r in part.itertuples()})
-    header = [row_label] + [f"{d} / {m} / {method}" for d, m, method in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for value, rows in part.groupby("parameter_value", dropna=False):
-        cells = {(r.dataset, r.model, r.method): r for r in rows.itertuples()}
-        label = "—" if pd.isna(value) else f"{value:g}"
-        grids = sorted({g for g in rows.get("grid", pd.Series(dtype=str)).dropna() if g})
-        if grids:  # AOPC: name the heatmap size too, as the study does ("16 px (4x4)")
-            label += f" px ({', '.join(grids)})"
-        out = [label]
-        for column in columns:
-            r = cells.get(column)
-            if r is None:
-                out.append("")
-                continue
-            text = f"{r.mean:.{decimals}f}"
-            if np.isfinite(r.ci_low):
-                text += f" [{r.ci_low:.{decimals}f}, {r.ci_high:.{decimals}f}]"
-            out.append(f"**{text}**" if r.best else text)
-        lines.append("| " + " | ".join(out) + " |")
-    return "\n".join(lines) + "\n"
+def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, skipped: list[dict] | None = None,
+                      decimals: int = 2) -> str:
+    """One metric as Markdown: a section per dataset / model, a row per method (in registry order,
+    controls last, each named by its registry title), a column per parameter value (AOPC's region
+    size with its grid, Max-Sensitivity's radius; one column for HAAS), the best mean of each column
+    in bold. A method the metric left out gets a row that says "not run" and why (``skipped``:
+    dicts with ``dataset, model, method, metric, reason``)."""
+    from camfaith import explainers
+
+    part = table[table["metric"] == metric] if not table.empty else table
+    left_out = [s for s in (skipped or []) if s["metric"] == metric]
+    keys = sorted({(r.dataset, r.model) for r in part.itertuples()} | {(s["dataset"], s["model"]) for s in left_out})
+    order = {name: i for i, name in enumerate(explainers.names())}
+    sections = []
+    for dataset, model in keys:
+        cells = part[(part["dataset"] == dataset) & (part["model"] == model)]
+        # AOPC: the coarsest grid first, as the study's tables (largest regions first); radii ascending
+        values = sorted(cells["parameter_value"].dropna().unique(), reverse=metric == "aopc") or [np.nan]
+        header = [parameter_label] + [_column_label(cells, v) for v in values]
+        lines = [f"## {dataset} / {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        reasons = {s["method"]: s["reason"] for s in left_out if (s["dataset"], s["model"]) == (dataset, model)}
+        methods = sorted(set(cells["method"]) | set(reasons), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
+        for method in methods:
+            row = [explainers.get(method).title]
+            if method in reasons:
+                row += [f"not run: {reasons[method]}"] + [""] * (len(values) - 1)
+            for value in values if method not in reasons else []:
+                match = cells[(cells["method"] == method) & ((cells["parameter_value"] == value) | (pd.isna(value) & cells["parameter_value"].isna()))]
+                row.append(_cell(match.iloc[0], decimals) if len(match) else "")
+            lines.append("| " + " | ".join(row) + " |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections) if sections else "not run\n"
+
+
+def _column_label(cells: pd.DataFrame, value: float) -> str:
+    if pd.isna(value):
+        return "value"
+    label = f"{value:g}"
+    grids = sorted({g for g in cells.loc[cells["parameter_value"] == value].get("grid", pd.Series(dtype=str)).dropna() if g})
+    return label + (f" px ({', '.join(grids)})" if grids else "")
+
+
+def _cell(row, decimals: int) -> str:
+    text = f"{row['mean']:.{decimals}f}"
+    if np.isfinite(row["ci_low"]):
+        text += f" [{row['ci_low']:.{decimals}f}, {row['ci_high']:.{decimals}f}]"
+    return f"**{text}**" if row["best"] else text
 
 
 def markdown_table(frame: pd.DataFrame, decimals: int = 3) -> str:

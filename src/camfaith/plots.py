@@ -14,11 +14,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from camfaith import postprocess  # noqa: E402
+from camfaith import explainers, postprocess  # noqa: E402
 from camfaith.io import atomic_path  # noqa: E402
 from camfaith.store import read_maps  # noqa: E402
 
-METHOD_COLOURS = {"gradcam": "tab:blue", "hirescam": "tab:red", "gradcampp": "tab:green", "xgradcam": "tab:purple"}
+
+def method_style(method: str) -> dict:
+    """Line style of a method, from the explainer registry: its colour and title; controls dashed."""
+    explainer = explainers.get(method)
+    return {"color": explainer.colour, "label": explainer.title, "linestyle": "--" if explainer.is_control else "-"}
 
 
 def save(figure: plt.Figure, *paths: str | Path) -> None:
@@ -49,20 +53,35 @@ def morf_curves(scores: pd.DataFrame) -> plt.Figure:
     curves = scores[scores["quantity"] == "probability"]
     if curves.empty:
         return _empty("no AOPC curves")
-    keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups)
+    # coarse grids (large regions) first, as the tables
+    keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups, key=lambda k: (k[0], k[1], -k[2]))
     figure, axes = _panels(len(keys), min(4, len(keys)))
     for ax, (dataset, model, region) in zip(axes.flat, keys):
         part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
         for method, group in part.groupby("method"):
             mean = group.groupby("step")["value"].mean()
-            ax.plot(mean.index / mean.index.max(), mean.to_numpy(), label=method, color=METHOD_COLOURS.get(method))
+            ax.plot(mean.index / mean.index.max(), mean.to_numpy(), **method_style(method))
         ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
         ax.set_xlabel("fraction of regions perturbed (MoRF)")
         ax.set_ylabel("mean p(target)")
         ax.set_ylim(0, 1.02)
-    axes.flat[0].legend(fontsize=8)
-    figure.tight_layout()
+    _legend(figure, axes)
     return figure
+
+
+def _legend(figure: plt.Figure, axes: np.ndarray) -> None:
+    """One legend for the whole figure, below the panels (a dozen methods do not fit inside one), in
+    registry order with the controls last."""
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    order = {e.title: (e.is_control, i) for i, e in enumerate(explainers.REGISTRY.values())}
+    labels = sorted(handles, key=lambda label: order.get(label, (True, len(order))))
+    figure.tight_layout()
+    if handles:
+        figure.legend([handles[label] for label in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                      ncol=min(5, len(labels)), fontsize=8, frameon=False)
 
 
 def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
@@ -75,9 +94,9 @@ def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
     for ax, (dataset, model) in zip(axes.flat, keys):
         for method, group in part[(part["dataset"] == dataset) & (part["model"] == model)].groupby("method"):
             group = group.sort_values("parameter_value")
-            colour = METHOD_COLOURS.get(method)
-            ax.plot(group["parameter_value"], group["mean"], marker="o", label=method, color=colour)
-            ax.fill_between(group["parameter_value"], group["ci_low"], group["ci_high"], alpha=0.2, color=colour)
+            style = method_style(method)
+            ax.plot(group["parameter_value"], group["mean"], marker="o", **style)
+            ax.fill_between(group["parameter_value"], group["ci_low"], group["ci_high"], alpha=0.15, color=style["color"])
         ax.set_title(f"{dataset} / {model}", fontsize=9)
         ax.set_xlabel("radius r (L∞, normalised input)")
         ax.set_ylabel("Max-Sensitivity (lower is better)")
@@ -85,8 +104,7 @@ def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
         shown = shown[np.isfinite(shown) & (shown > 0)]
         if len(shown) and shown.max() / shown.min() > 100:  # one unstable method would flatten the others
             ax.set_yscale("log")
-    axes.flat[0].legend(fontsize=8)
-    figure.tight_layout()
+    _legend(figure, axes)
     return figure
 
 
@@ -97,26 +115,29 @@ def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt
         return _empty("no AOPC scores")
     figure, ax = plt.subplots(figsize=(5, 4))
     for method, group in part.groupby("method"):
-        ax.scatter(group["mean"], group["balanced_accuracy"], label=method, color=METHOD_COLOURS.get(method), alpha=0.8)
+        style = method_style(method)
+        ax.scatter(group["mean"], group["balanced_accuracy"], label=style["label"], color=style["color"], alpha=0.8,
+                   marker="x" if explainers.get(method).is_control else "o")
     for row in part.drop_duplicates(["dataset", "model"]).itertuples():
         ax.annotate(f"{row.dataset}/{row.model}", (row.mean, row.balanced_accuracy), fontsize=7, alpha=0.7)
     ax.set_xlabel("mean AOPC (MoRF)")
     ax.set_ylabel("balanced accuracy (test)")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
+    _legend(figure, np.array([ax]))
     return figure
 
 
 def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: str | Path, examples: int, image_size: int) -> plt.Figure:
     """A grid: a row per example test image, the input then one column per method, each map
     (ReLU, min-max, bilinear to the input) over the image, with the ground-truth mask outlined."""
-    loaded = {method: read_maps(path) for method, path in sorted(maps_paths.items())}
+    order = {name: i for i, name in enumerate(explainers.names())}
+    loaded = {method: read_maps(path) for method, path in sorted(maps_paths.items(), key=lambda item: order[item[0]])}
     first = next(iter(loaded.values()))
     count = min(examples, len(first.image_ids))
     picks = np.linspace(0, len(first.image_ids) - 1, count).round().astype(int) if count else []
     rows = index.set_index("image_id")
     classes = json.loads(first.attrs["classes"])
-    figure, axes = plt.subplots(count, len(loaded) + 1, figsize=(2.2 * (len(loaded) + 1), 2.2 * count), squeeze=False)
+    side = 2.2 if len(loaded) <= 6 else 1.6
+    figure, axes = plt.subplots(count, len(loaded) + 1, figsize=(side * (len(loaded) + 1), side * count), squeeze=False)
     post = postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear")
     for r, position in enumerate(picks):
         image_id = first.image_ids[position]
@@ -128,7 +149,7 @@ def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: st
             with Image.open(Path(raw_dir) / str(row["mask_path"])) as image:
                 mask = np.asarray(image.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127
         label = classes[int(first.labels[position])] if classes else int(first.labels[position])
-        panels = [("input", None)] + [(m, s) for m, s in loaded.items()]
+        panels = [("input", None), *loaded.items()]
         for c, (title, mapset) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(picture)
@@ -140,7 +161,7 @@ def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: st
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(title, fontsize=9)
+                ax.set_title(title if mapset is None else explainers.get(title).title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{label}", fontsize=8)
     figure.tight_layout()
