@@ -120,7 +120,8 @@ def breakhis() -> dict[str, bytes]:
         for magnification in (40, 100, 200, 400):
             for number in (1, 2):
                 name = breakhis_name(kind, code, slide, magnification, number)
-                path = f"BreaKHis_v1/BreaKHis_v1/histology_slides/breast/{kind}/SOB/{subtype}/SOB_{'B' if kind == 'benign' else 'M'}_{code}_{slide}/{magnification}X/{name}"
+                slide_folder = f"SOB_{'B' if kind == 'benign' else 'M'}_{code}_{slide}"
+                path = f"BreaKHis_v1/BreaKHis_v1/histology_slides/breast/{kind}/SOB/{subtype}/{slide_folder}/{magnification}X/{name}"
                 files[path] = image_bytes(1000 * k + 10 * magnification + number, (28, 18))
     files["Folds.csv"] = b"fold,mag,grp,filename\n"
     return {"breakhis.zip": zip_of(files)}
@@ -256,7 +257,7 @@ class FixtureServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FixtureServer":
+    def __enter__(self) -> FixtureServer:
         self.thread.start()
         return self
 

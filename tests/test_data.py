@@ -62,7 +62,7 @@ def test_different_seed_gives_different_images(tmp_path, small_dataset):
     root_b = tmp_path / "seed1"
     generate(small_spec(seed=1), root_b)
     hashes_a, hashes_b = file_hashes(root_a), file_hashes(root_b)
-    images = [path for path in metadata["image"]]
+    images = list(metadata["image"])
     assert set(images) <= set(hashes_b)  # same layout
     assert all(hashes_a[path] != hashes_b[path] for path in images)
 

@@ -16,6 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import dataset_fixtures as fx
 import pandas as pd
 import pytest
 import yaml
@@ -24,8 +25,6 @@ from camfaith import pipeline
 from camfaith.data import adapters, archives, fetch, registry, split
 from camfaith.data.index import QuarantineLimitError
 from camfaith.store import read_table_metadata
-
-import dataset_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[1]
 

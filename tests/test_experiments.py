@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
+from test_workflow import ROOT, planned_jobs, snakemake, write_config
 
 from camfaith import sweep
-from test_workflow import ROOT, planned_jobs, snakemake, write_config
 
 EXPERIMENTS = ROOT / "config" / "experiments"
 

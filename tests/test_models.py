@@ -13,7 +13,12 @@ from torch import nn
 
 from camfaith import models
 from camfaith.models import (
-    ModelSpec, build_model, default_target_layer, load_checkpoint, pretrained_state_dict, resolve_layer,
+    ModelSpec,
+    build_model,
+    default_target_layer,
+    load_checkpoint,
+    pretrained_state_dict,
+    resolve_layer,
     save_checkpoint,
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 def to_file(path: str | Path) -> None:
     """Send logging and stderr to ``path`` (Snakemake's ``log:``), so a failing job's reason is there."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, "a", buffering=1)
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 (it stays open: the job's stderr and logging write to it until exit)
     sys.stderr = stream
     logging.basicConfig(level=logging.INFO, stream=stream, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

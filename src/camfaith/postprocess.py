@@ -23,7 +23,7 @@ class PostProcess:
     upsample: str = "bilinear"
 
     @classmethod
-    def from_config(cls, config: dict) -> "PostProcess":
+    def from_config(cls, config: dict) -> PostProcess:
         spec = cls(**config)
         if spec.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"postprocess.upsample must be one of {UPSAMPLE_MODES}, got {spec.upsample!r}")

@@ -21,7 +21,7 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_config(cls, config: dict) -> "Preprocessing":
+    def from_config(cls, config: dict) -> Preprocessing:
         return cls(int(config["image_size"]), tuple(config["mean"]), tuple(config["std"]))
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ class SyntheticSpec:
     corrupt_images: int = 0
 
     @classmethod
-    def from_config(cls, config: dict) -> "SyntheticSpec":
+    def from_config(cls, config: dict) -> SyntheticSpec:
         unknown = sorted(set(config) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown synthetic dataset key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
@@ -123,7 +123,8 @@ def _positions(rng: np.random.Generator, size: int, box: int, other: int | None)
     raise RuntimeError(f"cannot place {box}px and {other}px objects apart in a {size}px image; lower object_size")
 
 
-def render_image(spec: SyntheticSpec, label: str, background: tuple[np.ndarray, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+def render_image(spec: SyntheticSpec, label: str, background: tuple[np.ndarray, np.ndarray],
+                 seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """One image.
 
     Returns the RGB image ``[size, size, 3]`` uint8, the class-object mask ``[size, size]`` bool and its
