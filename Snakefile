@@ -10,7 +10,7 @@ include: "rules/common.smk"
 
 # Before the default config is merged under it: a --configfile that names its own datasets describes a
 # whole study, whose datasets and models must replace the default ones, not join them.
-study = study_sections(config)
+study = configuration.study_sections(config)
 
 
 configfile: workflow.source_path("config/config.yaml")

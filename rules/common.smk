@@ -8,10 +8,6 @@ from camfaith.io import software_fingerprint
 from camfaith.data import registry
 
 
-def study_sections(user_config):
-    return configuration.study_sections(user_config)
-
-
 def adopt_study_sections(study):
     if study is not None:
         config.update(study)

@@ -207,7 +207,7 @@ def _direct_captum(name, model, layer, images, targets, chosen):
     if name == "occlusion":
         return Occlusion(lambda z: model(z).softmax(1)).attribute(
             images, sliding_window_shapes=(3, chosen.window, chosen.window), strides=(3, chosen.stride, chosen.stride), baselines=0,
-            target=targets, perturbations_per_eval=chosen.perturbations_per_eval).mean(1)
+            target=targets, perturbations_per_eval=max(1, chosen.batch_size // len(images))).mean(1)
     if name == "gradient_shap":
         maps = []
         for i, seed in enumerate(range(100, 100 + len(images))):
@@ -226,7 +226,7 @@ def test_captum_methods_equal_a_direct_captum_call(arch, method):
     torch.manual_seed(2)
     images, targets = torch.randn(3, 3, 32, 32), torch.tensor([2, 0, 1])
     values = {"integrated_gradients": {"steps": 8, "internal_batch_size": 5}, "gradient_shap": {"samples": 4},
-              "occlusion": {"window": 8, "stride": 4, "perturbations_per_eval": 7}}.get(method, {})
+              "occlusion": {"window": 8, "stride": 4, "batch_size": 7}}.get(method, {})
     chosen = settings(method, **values)
     ours = explain(method, model, layer, images, targets, **values)
     reference = _direct_captum(method, model, layer, images, targets, chosen).detach()
@@ -327,7 +327,7 @@ BATCH_SETTINGS = {
     "scorecam": ({"batch_size": 7}, {"batch_size": 64}),
     "integrated_gradients": ({"steps": 6, "internal_batch_size": 4}, {"steps": 6, "internal_batch_size": 64}),
     "gradient_shap": ({"samples": 3}, {"samples": 3}),
-    "occlusion": ({"window": 8, "stride": 4, "perturbations_per_eval": 3}, {"window": 8, "stride": 4, "perturbations_per_eval": 50}),
+    "occlusion": ({"window": 8, "stride": 4, "batch_size": 3}, {"window": 8, "stride": 4, "batch_size": 50}),
 }
 
 

@@ -25,7 +25,7 @@ MODELS = {
 }
 # Small settings so that every method runs in seconds; the rest are the registry's defaults.
 SMALL = {"scorecam": {"batch_size": 32}, "integrated_gradients": {"steps": 4, "internal_batch_size": 16},
-         "gradient_shap": {"samples": 3}, "occlusion": {"window": 8, "stride": 8, "perturbations_per_eval": 16}}
+         "gradient_shap": {"samples": 3}, "occlusion": {"window": 8, "stride": 8, "batch_size": 16}}
 
 
 def _metric_settings(metric: str) -> dict:

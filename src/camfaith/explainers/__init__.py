@@ -70,7 +70,7 @@ class OcclusionSettings(Settings):
     window: int = setting(8, "side of the square occluding patch, in input pixels", minimum=1)
     stride: int = setting(4, "step between patch positions, in input pixels", minimum=1)
     baseline: _BASELINES = setting("zeros", "what the patch shows: " + _BASELINE_DOC)
-    perturbations_per_eval: int = setting(64, "occluded copies per forward (speed and memory only)", minimum=1)
+    batch_size: int = setting(32, "occluded inputs per forward, over all images of a call (speed and memory only)", minimum=1)
 
 
 @dataclass(frozen=True)
