@@ -225,14 +225,19 @@ smk "$RUN_LIMIT" "$WORK/log/snakemake.log" --snakefile "$ROOT/Snakefile" --direc
   --configfile "$ROOT/tests/tiny_config.yaml" || fail "snakemake exited $? (137: killed at the limit)"
 say "workflow done in $((SECONDS - t0))s"
 
-# --- every final output of the tiny config (rule all: tables, figures, overlays), and the
-# 4 methods × 3 metrics score files behind the tables.
+# --- every final output of the tiny config (rule all: tables, figures, overlays); then snakemake
+# itself, asked again in the same folder, must find nothing left to do: every score file the plan
+# holds (each model's methods × metrics, less skip_methods) exists and is up to date.
 expected=(results/aggregate/tables/{classification.csv,classification.md,summary.csv,paired_tests.csv,aopc.md,max_sensitivity.md,haas.md}
   results/aggregate/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf}
-  results/aggregate/figures/overlays/synthetic/tinyres.{png,pdf}
-  results/score/synthetic/tinyres/{gradcam,hirescam,gradcampp,xgradcam}/{aopc,max_sensitivity,haas}.parquet)
+  results/aggregate/figures/overlays/synthetic/{tinyres,tinygap}.{png,pdf})
 for file in "${expected[@]}"; do [[ -s $WORK/run/$file ]] || fail "missing output $file"; done
-say "all ${#expected[@]} expected outputs present"
+(cd "$ROOT" && python -m snakemake -n --snakefile "$ROOT/Snakefile" --directory "$WORK/run" \
+  --configfile "$ROOT/tests/tiny_config.yaml") >"$WORK/log/dry_run.log" 2>&1 || fail "snakemake -n after the run"
+grep -q 'Nothing to be done' "$WORK/log/dry_run.log" || fail "snakemake -n after the run still plans jobs: $(grep -A20 'Job stats' "$WORK/log/dry_run.log")"
+score_files=$(find "$WORK/run/results/score" -name '*.parquet' | wc -l)
+((score_files > 0)) || fail "no score files"
+say "all ${#expected[@]} final outputs and $score_files score files present; snakemake -n: nothing to be done"
 
 # --- what each job asked SLURM for, from the accounting database. -X: allocations, not steps;
 # -P: '|'-separated, nothing truncated. The plugin puts the rule in the job's comment (stored
@@ -255,7 +260,9 @@ while IFS='|' read -r id comment req alloc state limit; do
   [[ $rule == score_batch ]] && batch="$alloc, time limit $limit"
 done <"$WORK/log/sacct.txt"
 for rule in $GPU_RULES $CPU_RULES; do ((${jobs_of[$rule]:-0} > 0)) || fail "no SLURM job of rule $rule in sacct"; done
-((jobs_of[score_batch] == 3)) || fail "the 12 score jobs should make 3 submissions of 4, not ${jobs_of[score_batch]}"
+# group-components: 4 score jobs per submission, the last one holding the rest.
+batches=$(((score_files + 3) / 4))
+((jobs_of[score_batch] == batches)) || fail "the $score_files score jobs should make $batches submissions of up to 4, not ${jobs_of[score_batch]}"
 say "sacct: with gres/gpu=1: $(for r in $GPU_RULES; do printf '%s×%s ' "$r" "${jobs_of[$r]}"; done)"
 say "sacct: without a GPU:   $(for r in $CPU_RULES; do printf '%s×%s ' "$r" "${jobs_of[$r]}"; done)"
 say "sacct: one score_batch: $batch"
