@@ -59,3 +59,10 @@ image-test:
 .PHONY: slurm-test
 slurm-test: $(STAMP)
 	VENV=$(abspath $(VENV)) ci/slurm_proof.sh
+
+# The CUDA checks, for a lent GPU machine: tests/test_cuda.py and GPU throughput (ci/gpu_bench.py) into
+# OUT (default results/gpu-check). No .venv needed: PYTHON when given, else .venv's when present, else
+# python3. Exits 2 at once without CUDA, 3 naming a missing module; under 8 minutes (docs/gpu-check.md).
+.PHONY: gpu-check
+gpu-check:
+	OUT="$(OUT)" PYTHON="$(if $(filter command line environment,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)))" bash ci/gpu_check.sh
