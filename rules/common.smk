@@ -14,8 +14,10 @@ def adopt_study_sections(study):
 
 
 def prepare_config():
-    """Validate the merged config before any job (the error names the key) and plan the study."""
-    return configuration.prepare(config, workflow.source_path("../config/schema.yaml"))
+    """Validate the merged config before any job (the error names the key) and plan the study. The
+    model check (torch on the meta device) runs in the main process only: jobs re-read the Snakefile."""
+    cache = configuration.model_check_cache() if workflow.is_main_process else None
+    return configuration.prepare(config, workflow.source_path("../config/schema.yaml"), cache)
 
 
 def method_pattern():
@@ -108,7 +110,7 @@ def dataset_adapter(dataset):
 
 def index_params(wildcards):
     dataset = config["datasets"][wildcards.dataset]
-    return {"adapter": dataset_adapter(dataset), **dataset["index"]}
+    return {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), **dataset["index"]}
 
 
 def split_params(wildcards):

@@ -174,16 +174,22 @@ def test_report_builds(tiny_run):
         (lambda c: c["explain"].update(methods=["gradcam", "cam"]),
          "method 'cam' does not apply to models.synthetic.tinyres (resnet18, head flatten): CAM weights the pooled feature maps"),
         (lambda c: c["metrics"]["aopc"].update(skip_methods=["hirescamm"]), "hirescamm"),
+        (lambda c: c["models"]["synthetic"].update({"tiny/res": c["models"]["synthetic"].pop("tinyres")}), "'tiny/res' does not match"),
+        (lambda c: c["models"]["synthetic"]["tinyres"]["model"].update(target_layer="layer1.9"), "target layer 'layer1.9' not found"),
     ],
     ids=["unknown-key", "wrong-type", "unknown-method", "unknown-top-level-key", "unknown-setting", "method-does-not-apply",
-         "unknown-skipped-method"],
+         "unknown-skipped-method", "slash-in-model-name", "missing-target-layer"],
 )
 def test_bad_config_is_refused_before_any_job_naming_the_key(tmp_path, edit, named):
     config = write_config(tmp_path / "bad.yaml", edit)
     result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(config), check=False)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert named in result.stdout + result.stderr
+    assert named in output
     assert not (tmp_path / "results").exists()
+    # one clear message: a few lines (Snakemake's own validation printed 579 for one typo), no schema warning
+    assert len(output.splitlines()) <= 15, output
+    assert "No validator found" not in output
 
 
 def test_default_config_plans_and_lints_clean():

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from camfaith.store import read_parquet
+
 # metric → (per-image quantity, True if higher is better)
 DIRECTION = {"aopc": ("aopc", True), "max_sensitivity": ("max_sensitivity", False), "haas": ("haas", True)}
 CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
@@ -21,14 +23,14 @@ CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
 
 def read_scores(paths: list[str | Path]) -> pd.DataFrame:
     """All score files concatenated (same schema, see docs/formats.md)."""
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+    return pd.concat([read_parquet(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
 
 
 def classification_table(paths: list[str | Path], identities: list[dict]) -> pd.DataFrame:
     """``dataset, model, balanced_accuracy, mean_auc, accuracy`` from evaluate outputs."""
     rows = []
     for path, identity in zip(paths, identities, strict=True):
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path)
         values = frame[frame["class_true"].isna()].set_index("metric")["value"]
         rows.append({**identity, **{k: float(values[k]) for k in ("balanced_accuracy", "mean_auc", "accuracy")}})
     return pd.DataFrame(rows)
@@ -52,7 +54,8 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per cell (dataset, model, metric, parameter) and method: ``n, mean, ci_low, ci_high, best``.
+    """Per cell (dataset, model, metric, parameter) and method: ``n, n_undefined, mean, ci_low, ci_high, best``
+    (``n``: finite per-image values; ``n_undefined``: NaN ones, e.g. of non-finite maps, left out of the mean).
 
     HAAS is a dataset-level ratio, so its cell has the ratio as ``mean`` and no interval. ``best``
     marks the method with the better mean in its cell (higher AOPC/HAAS, lower Max-Sensitivity).
@@ -61,12 +64,16 @@ def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     for key, group in per_image(scores).groupby(CELL + ["method"], dropna=False, observed=True):
         values = group["value"].to_numpy(dtype=np.float64)
         low, high = bootstrap_interval(values, seed)
-        rows.append(dict(zip(CELL + ["method"], key), n=int(np.isfinite(values).sum()), mean=float(np.nanmean(values)), ci_low=low, ci_high=high))
+        finite = np.isfinite(values)
+        mean = float(values[finite].mean()) if finite.any() else float("nan")  # undefined values are counted, never averaged
+        rows.append(dict(zip(CELL + ["method"], key), n=int(finite.sum()), n_undefined=int((~finite).sum()), mean=mean, ci_low=low, ci_high=high))
     haas = scores[scores["quantity"] == "haas"]
     for _, row in haas.iterrows():
         same_cell = (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])
         images = scores[(scores["quantity"] == "correct_ha") & same_cell]
-        rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": len(images), "mean": float(row["value"]), "ci_low": np.nan, "ci_high": np.nan})
+        defined = int(np.isfinite(images["value"].to_numpy(dtype=np.float64)).sum())
+        rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": defined, "n_undefined": len(images) - defined, "mean": float(row["value"]),
+                     "ci_low": np.nan, "ci_high": np.nan})
     table = pd.DataFrame(rows)
     if table.empty:
         return table

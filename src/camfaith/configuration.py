@@ -11,6 +11,7 @@ imports torch; the Snakefile calls it when it plans.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ from camfaith import explainers, sweep
 from camfaith.explainers import ModelFacts, Settings
 
 METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
+# The image of every rule under --sdm apptainer when a config replacing config/config.yaml
+# (--replace-workflow-config) names none: the Dockerfile built locally, as config/config.yaml says.
+DEFAULT_CONTAINER = "docker-daemon://camfaith:latest"
 MAX_SCHEMA_ERRORS = 5
 
 
@@ -91,11 +95,15 @@ def _describe(error) -> str:
     return f"config {where}: {error.message}"
 
 
-def prepare(config: dict, schema_path: str | Path) -> Plan:
+def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | None = None) -> Plan:
     """Validate ``config`` (the merged config, modified in place: model grids are expanded into their
-    members) and return the :class:`Plan`. Every problem is a :class:`ConfigError` naming its key."""
+    members) and return the :class:`Plan`. Every problem is a :class:`ConfigError` naming its key.
+    With ``model_cache`` (a JSON file; the Snakefile passes one in the main process only) every model's
+    ``cut_after`` and ``target_layer`` are also checked by building it on torch's meta device: the one
+    check that imports torch, so specs found good are remembered there."""
     schema = load_schema(schema_path)
     validate_schema(config, schema)
+    config.setdefault("container", DEFAULT_CONTAINER)
     try:
         config["models"], members = sweep.expand(config["models"])
     except ValueError as error:
@@ -110,12 +118,88 @@ def prepare(config: dict, schema_path: str | Path) -> Plan:
     metrics = tuple(m for m in METRIC_NAMES if m in config["metrics"] and config["metrics"][m].get("enabled", True))
     if not metrics:
         raise ConfigError("config metrics: enable at least one of " + ", ".join(METRIC_NAMES))
+    check_datasets(config, metrics)
+    if model_cache is not None:
+        check_models(config, Path(model_cache))
     methods = {}
     for dataset, models in config["models"].items():
         input_size = config["datasets"][dataset]["preprocessing"]["image_size"]
         for model, entry in models.items():
             methods[(dataset, model)] = model_methods(config["explain"]["methods"], entry, dataset, model, input_size)
     return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(_skips(config, methods, metrics)))
+
+
+def check_datasets(config: dict, metrics: tuple[str, ...]) -> None:
+    """What the schema cannot say about each dataset: split fractions summing to 1, and AOPC regions
+    smaller than the images they perturb."""
+    for name, dataset in config["datasets"].items():
+        fractions = dataset["split"]["fractions"]
+        if abs(sum(fractions.values()) - 1) > 1e-6:
+            raise ConfigError(f"config datasets.{name}.split.fractions: train + val + test must be 1, got "
+                              f"{' + '.join(f'{v:g}' for v in fractions.values())} = {sum(fractions.values()):g}")
+        size = dataset["preprocessing"]["image_size"]
+        if "aopc" in metrics:
+            too_large = [r for r in config["metrics"]["aopc"]["region_px"] if r >= size]
+            if too_large:
+                raise ConfigError(f"config metrics.aopc.region_px: region size(s) {too_large} px are not smaller than the "
+                                  f"{size} px images of dataset {name} (datasets.{name}.preprocessing.image_size): "
+                                  f"one region would be the whole image")
+
+
+def model_check_cache() -> Path:
+    """Where :func:`check_models` remembers the specs that passed: per user, shared by every run folder
+    (``$XDG_CACHE_HOME/camfaith``, else ``~/.cache/camfaith``)."""
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "camfaith" / "checked_models.json"
+
+
+def check_models(config: dict, cache: Path) -> None:
+    """Build every configured model on torch's meta device (no memory, no weights, no download) and
+    resolve its ``target_layer``, so a ``cut_after`` or layer name that does not exist is refused now,
+    not after a training. Specs that passed are kept in ``cache`` (JSON), since importing torch and
+    torchvision costs seconds; the key holds the spec, the input size, the torchvision version and a
+    hash of ``camfaith/models.py`` (which names the layers), so any of them changing checks again. A
+    cache that cannot be written (a read-only home in a container) only costs the check's time."""
+    import hashlib
+    import json
+    from importlib import metadata, util
+
+    from camfaith.io import atomic_path, canonical_json
+
+    versions = {"torchvision": metadata.version("torchvision"),
+                "models_py": hashlib.sha256(Path(util.find_spec("camfaith.models").origin).read_bytes()).hexdigest()[:16]}
+    try:
+        known = set(json.loads(cache.read_text())) if cache.is_file() else set()
+    except (OSError, ValueError):  # unreadable or half-written by an older version: check again
+        known = set()
+    pending = {}
+    for dataset, models in config["models"].items():
+        size = config["datasets"][dataset]["preprocessing"]["image_size"]
+        for model, entry in models.items():
+            spec = {k: v for k, v in entry["model"].items() if k != "weights"}  # weights change no layer name
+            key = canonical_json({"spec": spec, "input_size": size, **versions})
+            if key not in known:
+                pending[key] = (f"models.{dataset}.{model}.model", spec, size)
+    if not pending:
+        return
+    import torch
+
+    from camfaith.models import ModelSpec, build_model, resolve_layer
+
+    for key, (where, spec, size) in pending.items():
+        try:
+            built = ModelSpec.from_config(spec, 2, size)
+            with torch.device("meta"):
+                resolve_layer(build_model(built), built.target_layer)
+        except (ValueError, KeyError, RuntimeError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            raise ConfigError(f"config {where}: {message}") from None
+        known.add(key)
+    try:
+        with atomic_path(cache) as tmp:  # two snakemake processes may plan at once
+            tmp.write_text(json.dumps(sorted(known)))
+    except OSError:
+        pass  # the cache only saves time; the models were checked
 
 
 def model_methods(defaults: list, entry: dict, dataset: str, model: str, input_size: int) -> dict[str, Settings]:
@@ -169,3 +253,69 @@ def study_sections(user_config: dict) -> dict | None:
     if "datasets" not in user_config:
         return None
     return {key: copy.deepcopy(user_config.get(key, {})) for key in ("datasets", "models")}
+
+
+def load_yaml(path: str | Path) -> dict:
+    """The mapping in the YAML file ``path``; a syntax error is a :class:`ConfigError` naming the file,
+    the line and the column (Snakemake's own message for a ``--configfile`` says neither)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: YAML syntax error: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, found a {type(loaded).__name__}")
+    return loaded
+
+
+def merge(defaults: dict, user: dict) -> dict:
+    """The config the Snakefile runs: ``user`` merged key by key over ``defaults`` (as Snakemake
+    merges ``--configfile`` over ``configfile:``), except that a user config naming its own
+    datasets replaces the default datasets and models (:func:`study_sections`)."""
+
+    def update(base: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            base[key] = update(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else copy.deepcopy(value)
+        return base
+
+    merged = update(copy.deepcopy(defaults), user)
+    study = study_sections(user)
+    if study is not None:
+        merged.update(study)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m camfaith.configuration FILE...``: check config files as the workflow would (each
+    merged over config/config.yaml), before any snakemake run; print the plan or the problems."""
+    import argparse
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    parser = argparse.ArgumentParser(prog="python -m camfaith.configuration", description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--defaults", type=Path, default=root / "config" / "config.yaml")
+    parser.add_argument("--schema", type=Path, default=root / "config" / "schema.yaml")
+    parser.add_argument("--no-models", action="store_true", help="skip building the models on the meta device (imports torch)")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in args.files:
+        try:
+            config = merge(load_yaml(args.defaults), load_yaml(path))
+            plan = prepare(config, args.schema, None if args.no_models else model_check_cache())
+        except ConfigError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        jobs = sum(len(plan.scored(d, m, metric)) for (d, m) in plan.methods for metric in plan.metrics)
+        print(f"{path}: OK: {len(plan.methods)} model(s), {sum(map(len, plan.methods.values()))} maps, {jobs} score jobs")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,7 +20,8 @@ def classification_scores(logits: np.ndarray, labels: np.ndarray, classes: list[
     """Long table ``metric, class_true, class_pred, value`` from ``logits [N, K]`` and ``labels [N]``.
 
     Rows: ``balanced_accuracy``, ``accuracy``, ``mean_auc`` (class columns null); ``recall`` per true
-    class; ``confusion`` per (true, predicted) pair with the image count as value.
+    class (NaN for a class without test images); ``confusion`` per (true, predicted) pair with the
+    image count as value. Balanced accuracy is the mean recall over the classes present.
     """
     predictions = logits.argmax(1)
     probabilities = softmax(logits.astype(np.float64), axis=1)
@@ -30,7 +31,8 @@ def classification_scores(logits: np.ndarray, labels: np.ndarray, classes: list[
         ("accuracy", None, None, float((labels == predictions).mean())),
         ("mean_auc", None, None, mean_ovr_auc(labels, probabilities)),
     ]
-    recalls = recall_score(labels, predictions, labels=list(range(k)), average=None, zero_division=0)
+    # a class without test images has no recall: NaN, not sklearn's default of 0
+    recalls = recall_score(labels, predictions, labels=list(range(k)), average=None, zero_division=np.nan)
     rows += [("recall", classes[c], None, float(recalls[c])) for c in range(k)]
     matrix = confusion_matrix(labels, predictions, labels=list(range(k)))
     rows += [("confusion", classes[t], classes[p], float(matrix[t, p])) for t in range(k) for p in range(k)]

@@ -263,6 +263,24 @@ def safe_load(path: str | Path) -> object:
             f"{path}: refused to load: it holds objects other than tensors and plain containers, which "
             f"could run code when unpickled (camfaith never writes such files; was it replaced?). Details: {error}"
         ) from error
+    except (RuntimeError, EOFError) as error:  # torch: "PytorchStreamReader failed reading zip archive" and kin
+        from camfaith.io import unreadable
+
+        raise unreadable(path, error) from error
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hex SHA-256 of the model's weights and buffers themselves: each entry's name, dtype, shape and
+    bytes, in name order. Unlike the checkpoint file's hash it is the same for two identical runs
+    (``torch.save`` writes a random ``serialization_id`` and a temporary file name into the archive)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec, list[str], dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from camfaith.io import atomic_path, package_versions, sha256_file
-from camfaith.store import write_table
+from camfaith.store import read_parquet, write_table
 
 # Stage modules are imported inside each function: a job pays only for what its stage uses (torch,
 # torchvision and scikit-learn together take ~4.5 s to import, the bulk of a light job's wall time).
@@ -87,18 +87,22 @@ def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_
     """Index ``raw_dir`` into Parquet; unreadable images go to the quarantine table (also Parquet)."""
     from camfaith.data import index as index_stage
 
-    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"])
+    declared = params.get("classes")
+    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"], declared)
     write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
-    write_table(table, index_path, {"classes": index_stage.class_names(table)})
+    write_table(table, index_path, {"classes": index_stage.class_names(table, declared)})
 
 
 def split(index_path: str | Path, params: dict, split_path: str | Path) -> None:
     """Grouped, stratified, deterministic split of the index (``train/val/test`` per image)."""
     from camfaith.data import split as split_stage
 
-    table = pd.read_parquet(index_path)
+    table = read_parquet(index_path)
     frame = split_stage.assign_splits(table, params["fractions"], params["seed"], params.get("honour_official", True))
     log.info("split sizes per class:\n%s", split_stage.split_summary(frame))
+    for name, classes in split_stage.missing_classes(frame).items():
+        log.warning("class(es) %s have no image in the %s split%s", classes, name,
+                    ": their recall is undefined (NaN in the classification table)" if name == "test" else "")
     write_table(frame, split_path)
 
 
@@ -110,10 +114,11 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     from camfaith.data import index as index_stage
     from camfaith.data.images import ImageTable, Preprocessing, select_split
     from camfaith.models import ModelSpec, build_model, pick_device, save_checkpoint
+    from camfaith.store import read_table_metadata
     from camfaith.training import TrainConfig, fingerprint, train
 
-    table, splits = pd.read_parquet(index_path), pd.read_parquet(split_path)
-    classes = index_stage.class_names(table)
+    table, splits = read_parquet(index_path), read_parquet(split_path)
+    classes = read_table_metadata(index_path).get("classes") or index_stage.class_names(table)
     preprocessing = Preprocessing.from_config(params["preprocessing"])
     spec = ModelSpec.from_config(params["model"], len(classes), preprocessing.image_size)
     config = TrainConfig.from_config(params["training"])
@@ -135,7 +140,7 @@ def _test_table(raw_dir, index_path, split_path, preprocessing):
     """The test split as an :class:`~camfaith.data.images.ImageTable`, in ``image_id`` order."""
     from camfaith.data.images import ImageTable, select_split
 
-    return ImageTable(raw_dir, select_split(pd.read_parquet(index_path), pd.read_parquet(split_path), "test"), preprocessing)
+    return ImageTable(raw_dir, select_split(read_parquet(index_path), read_parquet(split_path), "test"), preprocessing)
 
 
 def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_path) -> None:
@@ -161,14 +166,15 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
     """Raw maps of ``method`` (an explainer of :mod:`camfaith.explainers`) for every test image, with
     what the metrics need, into HDF5 (maps format 2). ``params`` holds the method's own ``settings``,
     ``target``, ``batch_size``, ``device`` and, for stochastic methods, ``seed``."""
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
     from camfaith import explainers
     from camfaith.data.images import Preprocessing
     from camfaith.explainers.runtime import image_seeds, layer_for
-    from camfaith.models import autocast, load_checkpoint, memory_format, pick_device
-    from camfaith.store import MapSet, write_maps
+    from camfaith.models import autocast, load_checkpoint, memory_format, pick_device, weights_sha256
+    from camfaith.store import MapSet, finite_maps, write_maps
 
     explainer = explainers.get(method)
     settings = explainer.make_settings(params.get("settings"))
@@ -200,16 +206,21 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
         parts["targets"].append(targets.cpu())
         parts["labels"].append(labels)
     logits = torch.cat(parts["logits"])
-    map_shape = list(parts["maps"][0].shape[1:])
+    all_maps = torch.cat(parts["maps"]).numpy()
+    map_shape = list(all_maps.shape[1:])
+    nonfinite = [test.image_ids[i] for i in np.flatnonzero(~finite_maps(all_maps))]
+    if nonfinite:
+        log.warning("%d of %d %s maps are not finite (NaN or inf); they are written as they are and flagged "
+                    "(attribute nonfinite_images), and every metric scores them NaN: %s", len(nonfinite), len(all_maps), method, nonfinite[:10])
     attrs = {**identity, "method": method, "resolution": explainer.resolution, "settings": settings.as_dict(),
-             "map_shape": map_shape, "target_mode": target_mode, "classes": classes, "checkpoint_sha256": sha256_file(model_path),
-             "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device)}
+             "map_shape": map_shape, "target_mode": target_mode, "classes": classes, "weights_sha256": weights_sha256(model),
+             "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device), "nonfinite_images": nonfinite}
     if layer_name is not None:
         attrs["layer"] = layer_name
     if explainer.stochastic:
         attrs["seed"] = seed
     maps = MapSet(
-        maps=torch.cat(parts["maps"]).numpy(), image_ids=test.image_ids,
+        maps=all_maps, image_ids=test.image_ids,
         labels=torch.cat(parts["labels"]).numpy(), predictions=logits.argmax(1).numpy(),
         targets=torch.cat(parts["targets"]).numpy(), logits=logits.numpy(), probabilities=logits.softmax(1).numpy(), attrs=attrs,
     )
@@ -230,7 +241,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     from camfaith.explainers.runtime import image_seeds, layer_for
     from camfaith.metrics import common, resolve
     from camfaith.models import load_checkpoint, memory_format, pick_device
-    from camfaith.store import map_settings, read_maps
+    from camfaith.store import finite_maps, map_settings, read_maps
 
     settings = resolve(metric, params["settings"], params["protocol"])
     device = pick_device(params.get("device", "auto"))
@@ -244,7 +255,12 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     maps = read_maps(maps_path)
     if test.image_ids != maps.image_ids:
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
-    selected = common.select(maps.labels, maps.predictions, settings["images"])
+    chosen = common.select(maps.labels, maps.predictions, settings["images"])
+    finite = finite_maps(maps.maps)
+    selected, undefined = chosen[finite[chosen]], chosen[~finite[chosen]]
+    if len(undefined):
+        log.warning("%d of %d selected images have a non-finite %s map (NaN or inf in %s): their %s is NaN, not scored: %s",
+                    len(undefined), len(chosen), maps.attrs["method"], maps_path, metric, [maps.image_ids[p] for p in undefined[:10]])
     explainer = explainers.get(str(maps.attrs["method"]))
     explainer_settings = explainer.make_settings(map_settings(maps), f"the settings recorded in {maps_path}")
     layer = None
@@ -260,7 +276,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     context = scoring.Context(model=model, maps=maps, settings=effective, preprocessing=preprocessing, device=device,
                               seed=params["seed"], amp=settings.get("amp", True) and device.type == "cuda", explainer=explainer,
                               explainer_settings=explainer_settings, layer=layer)
-    log.info("%s of %s maps on %d of %d images (%s protocol), settings %s", metric, context.method, len(selected),
+    log.info("%s of %s maps on %d of %d images (%s protocol), settings %s", metric, context.method, len(chosen),
              len(maps.image_ids), params["protocol"], settings)
     log.info("memory plan: %s", plan.as_dict())
     loader = DataLoader(Subset(test, selected.tolist()), batch_size=plan.images_per_block, pin_memory=device.type == "cuda")
@@ -274,10 +290,15 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
                 image_ids=[maps.image_ids[p] for p in positions], positions=positions, seeds=[seeds[p] for p in positions],
             )
 
-    rows = scoring.run(metric, context, blocks(), selected)
+    rows = scoring.run(metric, context, blocks(), selected, undefined)
+    undefined_values = scoring.undefined_counts(rows, metric)
+    if undefined_values:
+        log.warning("%s undefined (NaN) per parameter value: %s (non-finite maps: %d; the rest: a zero reference map with "
+                    "normalise, or a non-finite re-explanation)", metric, undefined_values, len(undefined))
     frame = common.score_frame(rows, {**identity, "method": context.method, "metric": metric, "protocol": params["protocol"]})
-    metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(selected),
-                "images_total": len(maps.image_ids), "checkpoint_sha256": str(maps.attrs["checkpoint_sha256"]),
+    metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(chosen),
+                "images_nonfinite_map": [maps.image_ids[p] for p in undefined], "values_undefined": undefined_values,
+                "images_total": len(maps.image_ids), "weights_sha256": str(maps.attrs["weights_sha256"]),
                 "layer": str(maps.attrs["layer"]) if "layer" in maps.attrs else None, "resolution": str(maps.attrs["resolution"]),
                 "explainer_settings": explainer_settings.as_dict(), "device": str(device), "memory_plan": plan.as_dict(),
                 "package_versions": package_versions()}
@@ -293,7 +314,7 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
 
     scores = agg.read_scores(score_paths)
     classification = agg.classification_table(eval_paths, eval_identities)
-    empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "mean", "ci_low", "ci_high", "best"])
+    empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best"])
     summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else empty
     paired = agg.paired_tests(scores) if not scores.empty else pd.DataFrame()
     summary["grid"] = pd.Series(dtype="string")
@@ -340,7 +361,7 @@ def overlay_figure(maps_paths: dict[str, str], index_path, raw_dir, params: dict
     """Example test images with every method's map and the ground-truth outline."""
     from camfaith import plots
 
-    table = pd.read_parquet(index_path)
+    table = read_parquet(index_path)
     plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"]), png, pdf)
 
 

@@ -88,6 +88,10 @@ class Runner:
     def finish(self, context: Context, selected: np.ndarray, rows: Rows) -> None:
         """Rows that need every image; none by default."""
 
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        """NaN rows for images that cannot be scored (a non-finite map): one per parameter value."""
+        raise NotImplementedError
+
 
 class AopcRunner(Runner):
     """Per image and region size: the AOPC value and the MoRF curve (``probability`` at each step)."""
@@ -105,6 +109,11 @@ class AopcRunner(Runner):
                 rows.add(position, "region_px", region_px, "aopc", None, values[i])
                 for step in range(shown.shape[1]):
                     rows.add(position, "region_px", region_px, "probability", step, shown[i, step])
+
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        for region_px in context.settings["region_px"]:
+            for position in positions:
+                rows.add(int(position), "region_px", region_px, "aopc", None, np.nan)
 
 
 class MaxSensitivityRunner(Runner):
@@ -134,6 +143,11 @@ class MaxSensitivityRunner(Runner):
             for i, position in enumerate(block.positions):
                 rows.add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
 
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        for entry in context.settings["radii"]:
+            for position in positions:
+                rows.add(int(position), "radius", entry["radius"], "max_sensitivity", None, np.nan)
+
 
 class HaasRunner(Runner):
     """Per image: is the HA image still classified correctly; then the dataset-level ratio."""
@@ -154,16 +168,40 @@ class HaasRunner(Runner):
         for quantity, number in (("accuracy_original", acc), ("accuracy_ha", acc_ha), ("haas", value)):
             rows.add(None, "none", np.nan, quantity, None, number)
 
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        # no HA image without a map: the image is left out of both accuracies of the ratio
+        for position in positions:
+            rows.add(int(position), "none", np.nan, "correct_ha", None, np.nan)
+
 
 RUNNERS: dict[str, type[Runner]] = {"aopc": AopcRunner, "max_sensitivity": MaxSensitivityRunner, "haas": HaasRunner}
 REEXPLAINS = {"max_sensitivity"}  # metrics that recompute maps, so need the explainer and its layer
 
 
-def run(metric: str, context: Context, blocks, selected: np.ndarray) -> dict[str, list]:
-    """Score ``metric`` over ``blocks`` (an iterable of :class:`Block`) and return the row columns."""
+# The per-image quantity of each metric: the one whose NaN values are counted as undefined
+PER_IMAGE_QUANTITY = {"aopc": "aopc", "max_sensitivity": "max_sensitivity", "haas": "correct_ha"}
+
+
+def run(metric: str, context: Context, blocks, selected: np.ndarray, undefined: np.ndarray | None = None) -> dict[str, list]:
+    """Score ``metric`` over ``blocks`` (an iterable of :class:`Block`) of the ``selected`` positions
+    and return the row columns; the ``undefined`` positions (images whose map is not finite) get NaN
+    rows instead of scores."""
     runner = RUNNERS[metric]()
     rows = Rows(context.maps)
     for block in blocks:
         runner.block(context, block, rows)
     runner.finish(context, selected, rows)
+    if undefined is not None and len(undefined):
+        runner.undefined(context, undefined, rows)
     return rows.columns
+
+
+def undefined_counts(columns: dict[str, list], metric: str) -> dict[str, int]:
+    """Per parameter value, how many per-image values of ``metric`` are NaN or infinite."""
+    counts: dict[str, int] = {}
+    quantity = PER_IMAGE_QUANTITY[metric]
+    for q, parameter_value, value in zip(columns["quantity"], columns["parameter_value"], columns["value"]):
+        if q == quantity and not np.isfinite(value):
+            key = "all" if np.isnan(parameter_value) else f"{parameter_value:g}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from camfaith.io import atomic_path, canonical_json
+from camfaith.io import atomic_path, canonical_json, unreadable
 
 MAPS_FORMAT = "camfaith.maps/2"
 # Attributes every maps file carries (format 2: the explainer's resolution and settings are recorded;
@@ -61,20 +61,31 @@ def write_maps(path: str | Path, maps: MapSet) -> None:
 
 
 def read_maps(path: str | Path) -> MapSet:
-    """Read a file written by :func:`write_maps`; a wrong format is an error naming the file."""
-    with h5py.File(path, "r") as handle:
-        found = handle.attrs.get("format")
-        if found != MAPS_FORMAT:
-            older = isinstance(found, str) and found.startswith("camfaith.maps/")
-            hint = " (written by an older camfaith: re-run its explain job, e.g. snakemake --forcerun explain)" if older else ""
-            raise ValueError(f"{path}: not a camfaith maps file of format {MAPS_FORMAT}, found {found!r}{hint}")
-        return MapSet(
-            maps=handle["maps"][...],
-            image_ids=[s.decode() if isinstance(s, bytes) else str(s) for s in handle["image_id"][...]],
-            labels=handle["label"][...], predictions=handle["prediction"][...], targets=handle["target"][...],
-            logits=handle["logits"][...], probabilities=handle["probabilities"][...],
-            attrs={key: handle.attrs[key] for key in handle.attrs},
-        )
+    """Read a file written by :func:`write_maps`; a wrong format is an error naming the file, a
+    truncated or corrupt one an :class:`~camfaith.io.UnreadableInputError` naming the file and the rule."""
+    try:
+        with h5py.File(path, "r") as handle:
+            found = handle.attrs.get("format")
+            if found != MAPS_FORMAT:
+                older = isinstance(found, str) and found.startswith("camfaith.maps/")
+                hint = " (written by an older camfaith: re-run its explain job, e.g. snakemake --forcerun explain)" if older else ""
+                raise ValueError(f"{path}: not a camfaith maps file of format {MAPS_FORMAT}, found {found!r}{hint}")
+            return MapSet(
+                maps=handle["maps"][...],
+                image_ids=[s.decode() if isinstance(s, bytes) else str(s) for s in handle["image_id"][...]],
+                labels=handle["label"][...], predictions=handle["prediction"][...], targets=handle["target"][...],
+                logits=handle["logits"][...], probabilities=handle["probabilities"][...],
+                attrs={key: handle.attrs[key] for key in handle.attrs},
+            )
+    except (OSError, KeyError) as error:  # h5py: truncated file, bad superblock, missing dataset
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise unreadable(path, error) from error
+
+
+def finite_maps(maps: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: True where the raw map ``maps [N, h, w]`` has only finite values."""
+    return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1) if len(maps) else np.zeros(0, dtype=bool)
 
 
 def map_settings(maps: MapSet) -> dict:
@@ -91,8 +102,24 @@ def write_table(frame: pd.DataFrame, path: str | Path, metadata: dict | None = N
         pq.write_table(table, tmp)
 
 
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """``pandas.read_parquet`` of a stage's input; a truncated or corrupt file is an
+    :class:`~camfaith.io.UnreadableInputError` naming the file and the rule that writes it."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as error:
+        raise unreadable(path, error) from error
+
+
 def read_table_metadata(path: str | Path) -> dict:
     """The ``camfaith`` metadata written by :func:`write_table` ({} if absent)."""
-    raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as error:
+        raise unreadable(path, error) from error
     return json.loads(raw) if raw else {}
 

@@ -9,7 +9,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from camfaith.data.pixels import WIDE_MODES, UnsupportedImageError, rgb_8bit, unit_grey
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,25 @@ def augmentation(config: dict | None) -> v2.Transform | None:
     return v2.Compose(steps) if steps else None
 
 
+def to_unit_rgb(image: Image.Image) -> torch.Tensor:
+    """A decoded PIL image as ``[3, H, W]`` float32 pixel values in [0, 1], for every mode PIL reads.
+
+    - 8-bit modes (``1``, ``L``, ``LA``, ``P`` with or without transparency, ``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``, …):
+      PIL's ``convert("RGB")`` divided by 255; alpha is discarded, not composited (:func:`~camfaith.data.pixels.rgb_8bit`).
+    - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (unsigned 16-bit grey): divided by 65535, replicated to 3 channels.
+    - ``I`` (32-bit signed grey): divided by 65535 when every value lies in 0..65535, replicated to 3 channels.
+    - ``F`` (32-bit float grey): kept as it is when every value lies in [0, 1], replicated to 3 channels.
+
+    Anything else (``I`` or ``F`` outside those ranges, non-finite ``F``, a mode PIL cannot convert to RGB) raises
+    :class:`~camfaith.data.pixels.UnsupportedImageError`; the index stage quarantines such images with the same message.
+    """
+    if image.mode in WIDE_MODES:
+        # convert("RGB") would clip these to 255 (a 16-bit image loads as white), so they are scaled from their values
+        grey = torch.from_numpy(unit_grey(image))
+        return tv_tensors.Image(grey.expand(3, -1, -1).contiguous())
+    return v2.functional.to_dtype(v2.functional.to_image(rgb_8bit(image)), torch.float32, scale=True)
+
+
 class ImageTable(Dataset):
     """Items ``(image [3, S, S] float32 normalised, label int, position int)`` for rows of an index."""
 
@@ -67,14 +89,15 @@ class ImageTable(Dataset):
         return len(self.paths)
 
     def load_unit(self, position: int) -> torch.Tensor:
-        """Image ``[3, S, S]`` in [0, 1] before augmentation and normalisation."""
+        """Image ``[3, S, S]`` in [0, 1] before augmentation and normalisation (pixel rules: :func:`to_unit_rgb`)."""
         path = self.root / self.paths[position]
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")
+                tensor = to_unit_rgb(image)
+        except UnsupportedImageError as error:
+            raise UnsupportedImageError(f"cannot use image {path}: {error}") from error
         except OSError as error:
             raise OSError(f"cannot read image {path}: {error}") from error
-        tensor = v2.functional.to_dtype(v2.functional.to_image(rgb), torch.float32, scale=True)
         size = [self.preprocessing.image_size] * 2
         return v2.functional.resize(tensor, size, antialias=True).clamp_(0, 1)
 

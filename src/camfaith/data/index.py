@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from camfaith.data.adapters import ADAPTERS as DATASET_ADAPTERS
+from camfaith.data.pixels import image_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +51,31 @@ ADAPTERS: dict[str, Callable[[Path], pd.DataFrame]] = {
 
 
 def check_image(path: Path) -> str | None:
-    """``None`` if the image decodes completely, else the reason it does not."""
+    """``None`` if the image decodes completely and its pixels map to [0, 1] (:func:`image_problem`), else the reason not."""
     try:
         with Image.open(path) as image:
             image.load()
             if image.width == 0 or image.height == 0:
                 return "empty image"
+            # at index time, so that an image training could not interpret is quarantined rather than failing an epoch
+            return image_problem(image)
     except FileNotFoundError:
         return "file missing"
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         return f"{type(error).__name__}: {error}"
-    return None
 
 
-def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
+                classes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Index the dataset under ``root``.
 
     Returns ``(index, quarantine)``: ``index`` has :data:`INDEX_COLUMNS` (``label_index`` follows the
     sorted class names; ``image_id`` is the path without suffix), ``quarantine`` has ``path, reason``
-    for every image that could not be decoded. Raises :class:`QuarantineLimitError` when the
-    quarantined fraction exceeds ``max_quarantine_fraction``.
+    for every image that could not be decoded or whose pixel values have no known scale
+    (:func:`check_image`). Raises :class:`QuarantineLimitError` when the quarantined fraction exceeds
+    ``max_quarantine_fraction``. With ``classes`` (the declared class names) ``label_index`` follows
+    their sorted order, a label outside them is a ``ValueError`` and a class without images a
+    warning. Two images with the same ``image_id`` (``x.png`` and ``x.jpg``) are a ``ValueError``.
     """
     root = Path(root)
     if adapter not in ADAPTERS:
@@ -97,9 +103,24 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float) 
         )
 
     index = table[~table["path"].isin(quarantine["path"])].copy()
-    classes = sorted(index["label"].unique())
-    index["label_index"] = index["label"].map({name: i for i, name in enumerate(classes)}).astype("int64")
+    found = sorted(index["label"].unique())
+    if classes is not None:
+        unknown = index[~index["label"].isin(classes)]
+        if not unknown.empty:
+            counts = unknown["label"].value_counts().to_dict()
+            raise ValueError(f"{root}: {len(unknown)} image(s) have a label outside the declared classes {list(classes)}: "
+                             f"{counts} (e.g. {unknown['path'].iloc[0]}); fix the labels or declare the class in datasets.<name>.classes")
+        empty = sorted(set(classes) - set(found))
+        if empty:
+            log.warning("declared class(es) %s have no image under %s: the model still gets an output for each", empty, root)
+    names = sorted(classes) if classes is not None else found
+    index["label_index"] = index["label"].map({name: i for i, name in enumerate(names)}).astype("int64")
     index["image_id"] = index["path"].map(lambda p: Path(p).with_suffix("").as_posix())
+    twice = index[index["image_id"].duplicated(keep=False)].sort_values("image_id")
+    if not twice.empty:
+        pairs = twice.groupby("image_id")["path"].apply(list).head(5).to_dict()
+        raise ValueError(f"{root}: {twice['image_id'].nunique()} image id(s) are shared by two or more files (the id is the path "
+                         f"without its suffix, and every table is keyed by it): {pairs}; rename or remove one of each")
     for column in INDEX_COLUMNS:
         if column not in index:
             index[column] = None
@@ -111,7 +132,10 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float) 
     return index, quarantine
 
 
-def class_names(index: pd.DataFrame) -> list[str]:
-    """Class names in ``label_index`` order."""
+def class_names(index: pd.DataFrame, declared: list[str] | None = None) -> list[str]:
+    """Class names in ``label_index`` order: the sorted ``declared`` classes when given (a declared
+    class may have no image), else the labels of the index."""
+    if declared is not None:
+        return sorted(declared)
     pairs = index[["label_index", "label"]].drop_duplicates().sort_values("label_index")
     return [str(name) for name in pairs["label"]]

@@ -178,3 +178,18 @@ def entry(source: str) -> DatasetEntry:
     if source not in DATASETS:
         raise ValueError(f"unknown dataset source {source!r}; known: {sorted(DATASETS)} (or 'synthetic')")
     return DATASETS[source]
+
+
+def declared_classes(dataset: dict) -> list[str] | None:
+    """The class names a dataset config declares: its ``classes:``, else its registry entry's, else
+    (``synthetic``) its generator's; None for a ``metadata_csv`` dataset that declares none, whose
+    classes are then the labels found."""
+    if dataset.get("classes"):
+        return list(dataset["classes"])
+    if dataset.get("source") == "synthetic":
+        from camfaith.data.synthetic import SyntheticSpec
+
+        return list(SyntheticSpec.from_config(dataset.get("synthetic", {})).classes)
+    if dataset.get("source") in DATASETS:
+        return list(DATASETS[dataset["source"]].classes)
+    return None

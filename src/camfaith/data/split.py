@@ -84,3 +84,11 @@ def check_leakage(frame: pd.DataFrame) -> None:
 def split_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Images per split and class, for the log."""
     return frame.groupby(["split", "label"], observed=True).size().unstack(fill_value=0)
+
+
+def missing_classes(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per split, the classes of the dataset with no image in it (a class absent from the test split
+    has no recall; one absent from train cannot be learnt)."""
+    labels = set(frame["label"].astype(str))
+    return {split: sorted(labels - set(frame.loc[frame["split"] == split, "label"].astype(str)))
+            for split in SPLITS if labels - set(frame.loc[frame["split"] == split, "label"].astype(str))}

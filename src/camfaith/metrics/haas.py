@@ -23,7 +23,7 @@ def ha_images(images: torch.Tensor, raw_maps: torch.Tensor, preprocessing: Prepr
     size = tuple(images.shape[-2:])
     a_norm = postprocess.apply(raw_maps, post, size)
     low, high = float(a_norm.min()), float(a_norm.max())
-    if low < -1e-6 or high > 1 + 1e-6:
+    if not (low >= -1e-6 and high <= 1 + 1e-6):  # written so that NaN fails the check too
         raise ValueError(f"HAAS needs maps in [0, 1] (postprocess relu+minmax); got range [{low:.3g}, {high:.3g}]")
     x_norm = 2 * preprocessing.to_unit(images) - 1
     emphasised = (x_norm * (1 + a_norm.unsqueeze(1))).clamp(-1, 1)

@@ -54,7 +54,8 @@ def max_sensitivity(
     """MaxSens ``[n]`` for ``images [n, C, H, W]`` whose raw maps ``raw_maps [n, h, w]`` were computed
     for ``targets [n]`` with per-image explainer ``seeds``; ``explain`` recomputes maps of noisy copies,
     ``batch_size`` of them per call. ``clip_range`` (low, high ``[1, C, 1, 1]``) clamps the noisy
-    inputs; None leaves them unclipped (the study). A zero reference map with ``normalise`` gives NaN."""
+    inputs; None leaves them unclipped (the study). A zero reference map with ``normalise``, or a
+    non-finite map, gives NaN."""
     n, _, height, width = images.shape
     size = (height, width)
     reference = postprocess.apply(raw_maps, post, size)
@@ -78,6 +79,8 @@ def max_sensitivity(
         perturbed = postprocess.apply(maps, post, size)
         flat[part] = (perturbed - reference[which]).flatten(1).norm(dim=1)
     worst = distances.max(dim=1).values
+    # a non-finite re-explanation (or reference) makes the value undefined: NaN, never inf
+    worst = torch.where(torch.isfinite(worst), worst, torch.nan)
     if normalise:
         scale = reference.flatten(1).norm(dim=1)
         worst = torch.where(scale > 0, worst / torch.where(scale > 0, scale, 1.0), torch.nan)
