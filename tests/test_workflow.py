@@ -85,7 +85,10 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     assert "| Integrated Gradients | " in table and "| CAM | " in table
     aopc = summary[summary["metric"] == "aopc"]
     assert sorted(aopc["grid"].unique()) == ["2x2", "4x4"]  # 32 px with 16 and 8 px regions
-    assert aopc.groupby("parameter_value")["best"].sum().ge(1).all()  # a winner in every cell (ties share it)
+    assert aopc.groupby("parameter_value")["best_mean"].sum().ge(1).all()  # a best mean in every cell (ties share it)
+    assert (aopc["best_mean"] | ~aopc["best"]).all()  # bold only where the mean is best (and the corrected test agrees)
+    paired = pd.read_csv(tiny_run / "results/aggregate/tables/paired_tests.csv")
+    assert {"p_holm", "better", "ci_low", "ci_high", "effect_size"} <= set(paired.columns) and set(paired["metric"]) == {"aopc", "max_sensitivity", "haas"}
 
 
 def test_every_stage_logged_and_benchmarked(tiny_run):

@@ -53,12 +53,14 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame:
     return scores[scores["quantity"].isin(wanted)]
 
 
-def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per cell (dataset, model, metric, parameter) and method: ``n, n_undefined, mean, ci_low, ci_high, best``
     (``n``: finite per-image values; ``n_undefined``: NaN ones, e.g. of non-finite maps, left out of the mean).
 
-    HAAS is a dataset-level ratio, so its cell has the ratio as ``mean`` and no interval. ``best``
-    marks the method with the better mean in its cell (higher AOPC/HAAS, lower Max-Sensitivity).
+    HAAS is a dataset-level ratio, so its cell has the ratio as ``mean`` and no interval. ``best_mean``
+    marks the method with the better mean in its cell (higher AOPC/HAAS, lower Max-Sensitivity);
+    ``best`` the same, and with ``paired_table`` (:func:`paired_tests`) only when that method is
+    also significantly better (Holm) than every other method of the cell.
     """
     rows = []
     for key, group in per_image(scores).groupby(CELL + ["method"], dropna=False, observed=True):
@@ -82,28 +84,61 @@ def summary_table(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     signed = np.where(higher, table["mean"], -table["mean"])
     table["signed"] = signed
     best = table.groupby(CELL, dropna=False)["signed"].transform("max")
-    table["best"] = table["signed"] == best
+    table["best_mean"] = table["signed"] == best
+    table["best"] = table["best_mean"]
+    if paired_table is not None:
+        significant = np.array([significantly_better_than_all(paired_table, row) for _, row in table.iterrows()], dtype=bool)
+        table["best"] = table["best_mean"].to_numpy(dtype=bool) & significant
     return table.drop(columns="signed").sort_values(CELL + ["method"]).reset_index(drop=True)
 
 
-def paired_tests(scores: pd.DataFrame) -> pd.DataFrame:
-    """Wilcoxon signed-rank test for every method pair in every cell, paired by image id.
+def significantly_better_than_all(paired_table: pd.DataFrame, row: pd.Series) -> bool:
+    """Whether ``row``'s method is the ``better`` one (Holm-corrected) of every pair of its cell."""
+    if paired_table.empty:
+        return False
+    same = np.ones(len(paired_table), dtype=bool)
+    for column in CELL:
+        same &= (paired_table[column] == row[column]).to_numpy() | (paired_table[column].isna() & pd.isna(row[column])).to_numpy()
+    involved = paired_table[same & ((paired_table["method_a"] == row["method"]) | (paired_table["method_b"] == row["method"])).to_numpy()]
+    return bool(len(involved)) and bool((involved["better"] == row["method"]).all())
 
-    Columns: cell, ``method_a, method_b, n_pairs, mean_difference`` (a − b) and ``p_value``
-    (two-sided; NaN when all differences are zero or fewer than 2 pairs).
+
+def paired_tests(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Every method pair in every cell of AOPC and Max-Sensitivity, paired by image id
+    (:mod:`camfaith.paired`, docs/statistics.md).
+
+    Columns: cell, ``method_a, method_b, n_pairs`` (images finite for both), ``mean_difference``
+    (a − b; for HAAS the difference of HA-image accuracy) with its bootstrap 95 % interval ``ci_low,
+    ci_high``, ``p_value`` (Wilcoxon signed-rank with Pratt's zero handling, NaN with fewer than 2 pairs
+    or no non-zero difference; HAAS: exact McNemar on the paired correctness of the HA images), ``effect_size``
+    (matched-pairs rank-biserial), ``p_holm`` (Holm over every test of the same metric in this
+    study) and ``better``: the better method's name, or ``no difference`` unless ``p_holm`` < 0.05.
     """
+    from camfaith import paired
+
     rows = []
-    for key, group in per_image(scores).groupby(CELL, dropna=False, observed=True):
-        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first")
+    per_image_rows = scores[scores["quantity"].isin([*(q for q, _ in DIRECTION.values()), "correct_ha"])]
+    per_image_rows = per_image_rows[per_image_rows["image_id"].notna()]
+    for key, group in per_image_rows.groupby(CELL, dropna=False, observed=True):
+        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first", dropna=False)
         for a, b in itertools.combinations(sorted(wide.columns), 2):
-            pair = wide[[a, b]].dropna()
-            diff = (pair[a] - pair[b]).to_numpy()
-            p_value = float("nan")
-            if len(diff) >= 2 and np.any(diff != 0):
-                p_value = float(stats.wilcoxon(pair[a], pair[b], zero_method="wilcox").pvalue)
+            pair = wide[[a, b]].replace([np.inf, -np.inf], np.nan).dropna()
+            diff = (pair[a] - pair[b]).to_numpy(dtype=np.float64)
+            low, high = paired.bootstrap_difference_interval(diff, seed=seed)
+            # HAAS: paired correctness of the HA images (McNemar); the others: Wilcoxon signed-rank (Pratt)
+            p_value = paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5) if key[2] == "haas" else paired.wilcoxon_pratt(diff)
             rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff),
-                         "mean_difference": float(diff.mean()) if len(diff) else float("nan"), "p_value": p_value})
-    return pd.DataFrame(rows)
+                         "mean_difference": float(diff.mean()) if len(diff) else float("nan"), "ci_low": low, "ci_high": high,
+                         "p_value": p_value, "effect_size": paired.rank_biserial(diff) if len(diff) else float("nan")})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = np.nan
+    for _, family in table.groupby("metric").groups.items():
+        table.loc[family, "p_holm"] = paired.holm(table.loc[family, "p_value"].to_numpy())
+    sides = [paired.verdict(d, p, DIRECTION[metric][1]) for d, p, metric in zip(table["mean_difference"], table["p_holm"], table["metric"])]
+    table["better"] = [a if side == "a" else b if side == "b" else side for side, a, b in zip(sides, table["method_a"], table["method_b"])]
+    return table
 
 
 def grid_label(scores: pd.DataFrame) -> dict[tuple[str, str, float], str]:

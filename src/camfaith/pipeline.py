@@ -314,9 +314,9 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
 
     scores = agg.read_scores(score_paths)
     classification = agg.classification_table(eval_paths, eval_identities)
-    empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best"])
-    summary = agg.summary_table(scores, params.get("seed", 0)) if not scores.empty else empty
-    paired = agg.paired_tests(scores) if not scores.empty else pd.DataFrame()
+    empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best_mean", "best"])
+    paired = agg.paired_tests(scores, params.get("seed", 0)) if not scores.empty else pd.DataFrame()
+    summary = agg.summary_table(scores, params.get("seed", 0), paired) if not scores.empty else empty
     summary["grid"] = pd.Series(dtype="string")
     if not summary.empty:
         labels = agg.grid_label(scores)
@@ -325,7 +325,8 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     texts = {
         "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
         "aopc_md": "# AOPC (MoRF), higher is better\n\nColumns: region size in px (grid); cells: mean [95% bootstrap CI] over the "
-                   "scored images; the best mean of each column in bold.\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
+                   "scored images; in bold the best mean of a column where that method is better than every other one of the column by "
+                   "the paired test, Holm-corrected (paired_tests.csv).\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
         "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input).\n\n"
                               + agg.markdown_by_model(summary, "max_sensitivity", "method", skipped),
         "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n"
