@@ -2,6 +2,7 @@ rule tables:
     input:
         scores=score_files(),
         evaluations=test_scores(),
+        indexes=index_files(),
     output:
         classification_csv=report("results/aggregate/tables/classification.csv", category="Tables", labels={"table": "classification"}),
         classification_md="results/aggregate/tables/classification.md",
@@ -14,6 +15,7 @@ rule tables:
         aggregate={"seed": config["seed"]},
         identities=identities(),
         skipped=skipped_scores(),
+        datasets=list(config["datasets"]),
     log:
         "logs/aggregate/tables.log",
     benchmark:

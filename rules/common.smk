@@ -38,6 +38,11 @@ def model_methods(dataset, model):
     return list(PLAN.methods[(dataset, model)])
 
 
+def index_files():
+    """The index of every dataset, in config order (the aggregation reads each image's group from it)."""
+    return expand("results/index/{dataset}/index.parquet", dataset=list(config["datasets"]))
+
+
 def test_scores():
     return [f for dataset, model in dataset_models() for f in expand("results/evaluate/{dataset}/{model}/test_scores.parquet", dataset=dataset, model=model)]
 

@@ -98,3 +98,20 @@ def test_best_is_bold_only_where_the_corrected_test_says_so():
     table = aggregate.summary_table(scores, 0, aggregate.paired_tests(scores)).set_index(["parameter_value", "method"])
     assert table.loc[(8.0, "hirescam"), "best_mean"] and not table.loc[(8.0, "hirescam"), "best"]
     assert table.loc[(16.0, "hirescam"), "best"] and not table.loc[(16.0, "gradcam"), "best"]
+
+
+def test_paired_tests_resample_the_groups_of_the_index():
+    rng = np.random.default_rng(2)
+    patient_effect = rng.normal(0, 0.2, size=6)
+    patient = np.repeat(np.arange(6), 5)  # 6 patients, 5 images each
+    base = rng.uniform(0.2, 0.6, size=30)
+    scores = _rows("aopc", "aopc", 8.0, {"gradcam": list(base), "hirescam": list(base + patient_effect[patient])})
+    index = pd.DataFrame({"image_id": [f"i{i}" for i in range(30)], "group": [f"p{g}" for g in patient]})
+    groups = aggregate.image_groups({"d": index})
+    by_group = aggregate.paired_tests(scores, 0, groups).iloc[0]
+    by_image = aggregate.paired_tests(scores, 0).iloc[0]
+    differences = -patient_effect[patient]  # gradcam − hirescam, images in id order i0, i1, i10, ...
+    order = np.argsort([f"i{i}" for i in range(30)])
+    expected = paired.bootstrap_difference_interval(differences[order], patient[order], seed=0)
+    assert (by_group["ci_low"], by_group["ci_high"]) == pytest.approx(expected)
+    assert by_group["ci_high"] - by_group["ci_low"] > by_image["ci_high"] - by_image["ci_low"]

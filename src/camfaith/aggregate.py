@@ -103,16 +103,27 @@ def significantly_better_than_all(paired_table: pd.DataFrame, row: pd.Series) ->
     return bool(len(involved)) and bool((involved["better"] == row["method"]).all())
 
 
-def paired_tests(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def image_groups(indexes: dict[str, pd.DataFrame]) -> dict[tuple[str, str], str]:
+    """``(dataset, image_id) → group`` from each dataset's index (images without a group are their own)."""
+    groups = {}
+    for dataset, index in indexes.items():
+        for image_id, group in zip(index["image_id"].astype(str), index["group"], strict=True):
+            groups[(dataset, image_id)] = str(group) if pd.notna(group) else f"image:{image_id}"
+    return groups
+
+
+def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Every method pair in every cell of AOPC and Max-Sensitivity, paired by image id
     (:mod:`camfaith.paired`, docs/statistics.md).
 
     Columns: cell, ``method_a, method_b, n_pairs`` (images finite for both), ``mean_difference``
-    (a − b; for HAAS the difference of HA-image accuracy) with its bootstrap 95 % interval ``ci_low,
-    ci_high``, ``p_value`` (Wilcoxon signed-rank with Pratt's zero handling, NaN with fewer than 2 pairs
-    or no non-zero difference; HAAS: exact McNemar on the paired correctness of the HA images), ``effect_size``
-    (matched-pairs rank-biserial), ``p_holm`` (Holm over every test of the same metric in this
-    study) and ``better``: the better method's name, or ``no difference`` unless ``p_holm`` < 0.05.
+    (a − b; for HAAS the difference of HA-image accuracy) with its bootstrap 95 % interval
+    ``ci_low, ci_high`` (resampling whole groups when ``groups``, ``(dataset, image_id) → group``, are
+    given), ``p_value`` (Wilcoxon signed-rank with Pratt's zero handling, NaN with fewer than 2 pairs
+    or no non-zero difference; HAAS: exact McNemar on the paired correctness of the HA images),
+    ``effect_size`` (matched-pairs rank-biserial), ``p_holm`` (Holm over every test of the same
+    metric in this study) and ``better``: the better method's name, or ``no difference`` unless
+    ``p_holm`` < 0.05.
     """
     from camfaith import paired
 
@@ -124,7 +135,10 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         for a, b in itertools.combinations(sorted(wide.columns), 2):
             pair = wide[[a, b]].replace([np.inf, -np.inf], np.nan).dropna()
             diff = (pair[a] - pair[b]).to_numpy(dtype=np.float64)
-            low, high = paired.bootstrap_difference_interval(diff, seed=seed)
+            image_groups_of_pair = None
+            if groups:  # patients, lesions: resample whole groups, so their images count once, not many times
+                image_groups_of_pair = np.array([groups.get((key[0], str(i)), f"image:{i}") for i in pair.index])
+            low, high = paired.bootstrap_difference_interval(diff, image_groups_of_pair, seed=seed)
             # HAAS: paired correctness of the HA images (McNemar); the others: Wilcoxon signed-rank (Pratt)
             p_value = paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5) if key[2] == "haas" else paired.wilcoxon_pratt(diff)
             rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff),

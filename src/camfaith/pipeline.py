@@ -306,16 +306,18 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
 
 
 def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict,
-                     skipped: list[dict] | None = None) -> None:
+                     skipped: list[dict] | None = None, index_paths: dict[str, str] | None = None) -> None:
     """The study's tables: classification, AOPC per region size, Max-Sensitivity per radius, HAAS
     (Markdown, a section per model, a row per method, the best in bold, "not run" rows for the
-    methods a metric left out) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them."""
+    methods a metric left out) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them.
+    ``index_paths`` (dataset → index) give each image's group, which the paired intervals resample."""
     from camfaith import aggregate as agg
 
     scores = agg.read_scores(score_paths)
     classification = agg.classification_table(eval_paths, eval_identities)
     empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best_mean", "best"])
-    paired = agg.paired_tests(scores, params.get("seed", 0)) if not scores.empty else pd.DataFrame()
+    groups = agg.image_groups({dataset: read_parquet(path) for dataset, path in (index_paths or {}).items()})
+    paired = agg.paired_tests(scores, params.get("seed", 0), groups) if not scores.empty else pd.DataFrame()
     summary = agg.summary_table(scores, params.get("seed", 0), paired) if not scores.empty else empty
     summary["grid"] = pd.Series(dtype="string")
     if not summary.empty:
