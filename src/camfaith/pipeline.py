@@ -305,6 +305,11 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     write_table(frame, scores_path, metadata)
 
 
+# How the Markdown tables mark a winner (docs/statistics.md)
+BOLD_RULE = ("In bold: the best mean of a column, where that method is better than every other method of the column by the "
+             "Holm-corrected paired test (paired_tests.csv); no bold means the methods cannot be told apart.")
+
+
 def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict,
                      skipped: list[dict] | None = None, index_paths: dict[str, str] | None = None) -> None:
     """The study's tables: classification, AOPC per region size, Max-Sensitivity per radius, HAAS
@@ -327,11 +332,11 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     texts = {
         "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
         "aopc_md": "# AOPC (MoRF), higher is better\n\nColumns: region size in px (grid); cells: mean [95% bootstrap CI] over the "
-                   "scored images; in bold the best mean of a column where that method is better than every other one of the column by "
-                   "the paired test, Holm-corrected (paired_tests.csv).\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
-        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input).\n\n"
+                   "scored images. " + BOLD_RULE + "\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
+        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input); cells: mean [95% "
+                              "bootstrap CI]. " + BOLD_RULE + "\n\n"
                               + agg.markdown_by_model(summary, "max_sensitivity", "method", skipped),
-        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n"
+        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n" + BOLD_RULE + "\n\n"
                    + agg.markdown_by_model(summary, "haas", "method", skipped),
     }
     write_csv(classification, out["classification_csv"])
