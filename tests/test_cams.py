@@ -200,5 +200,9 @@ def test_the_four_methods_give_the_numbers_of_the_code_before_the_registry():
         images, targets = torch.from_numpy(stored[f"{prefix}_input"]), torch.from_numpy(stored[f"{prefix}_targets"])
         maps = cams.compute(model, layer, images, targets, PRE_REGISTRY_METHODS)
         for method in PRE_REGISTRY_METHODS:
-            torch.testing.assert_close(maps[method], torch.from_numpy(stored[f"{prefix}_map_{method}"]), rtol=1e-5, atol=1e-6,
-                                       msg=f"{prefix} {method}")
+            expected = torch.from_numpy(stored[f"{prefix}_map_{method}"])
+            # XGrad-CAM divides by each channel's activation sum, which amplifies the last-bit differences
+            # between CPUs' convolution kernels (measured 2e-5 of the map's scale on another CPU than the one
+            # that stored the reference): its tolerance is relative to the map's scale
+            atol = 1e-4 * float(expected.abs().max()) if method == "xgradcam" else 1e-6
+            torch.testing.assert_close(maps[method], expected, rtol=1e-5, atol=atol, msg=f"{prefix} {method}")

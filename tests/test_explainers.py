@@ -339,7 +339,11 @@ def test_maps_do_not_depend_on_batching_and_have_the_declared_resolution(tiny, m
     together = explain(method, model, layer, images, targets, seeds=seeds, **large)
     alone = torch.cat([explain(method, model, layer, images[i : i + 1], targets[i : i + 1], seeds=seeds[i : i + 1], **small)
                        for i in range(len(images))])
-    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-6)
+    # XGrad-CAM divides each channel's gradient-weighted sum by the channel's activation sum: a channel
+    # that ReLU all but zeroes turns the float32 rounding differences between a batched and a single
+    # convolution (which oneDNN computes with different kernels) into errors of ~1e-4 of the map's scale
+    atol = 1e-3 * float(together.abs().max()) if method == "xgradcam" else 1e-6
+    torch.testing.assert_close(alone, together, rtol=1e-4, atol=atol)
     expected = (4, 4) if explainers.get(method).resolution == "layer" else (32, 32)
     assert together.shape == (5, *expected) and together.dtype == torch.float32
     assert torch.isfinite(together).all()
