@@ -138,15 +138,27 @@ def explain_params(wildcards):
     shared = {key: value for key, value in config["explain"].items() if key != "methods"}
     settings = PLAN.methods[(wildcards.dataset, wildcards.model)][wildcards.method]
     params = {**shared, "settings": settings.as_dict(), "device": config["device"]}
+    if config["protocol"] == "thesis" and USES_GPU:
+        # The study computed in float32: no autocast on CUDA, whatever explain.amp says. Without CUDA
+        # autocast never applies (the maps are the same), so the param stays as configured there and
+        # switching the protocol on a CPU machine re-runs only the score jobs.
+        params["amp"] = False
     if explainers.get(wildcards.method).stochastic:
         params["seed"] = config["seed"]
     return params
 
 
 def score_params(wildcards):
+    """The metric's config subtree, and this dataset's own settings of it (``datasets.<d>.metrics.<metric>``)
+    as ``overrides``, which ``camfaith.metrics.resolve`` applies last, after the thesis protocol's;
+    the key is left out where a dataset has none, so other datasets' params (and jobs) stay as they were."""
     # enabled and skip_methods decide which jobs exist, not what one computes
     settings = {key: value for key, value in config["metrics"][wildcards.metric].items() if key not in ("enabled", "skip_methods")}
-    return {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
+    params = {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
+    overrides = (config["datasets"][wildcards.dataset].get("metrics") or {}).get(wildcards.metric)
+    if overrides:
+        params["overrides"] = copy.deepcopy(overrides)
+    return params
 
 
 # Resident memory a torch job needs beyond its tensors: the interpreter, torch and its kernels.

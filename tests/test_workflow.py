@@ -21,8 +21,9 @@ SKIPPED = {"max_sensitivity": set(_TINY_CONFIG["metrics"]["max_sensitivity"]["sk
 def scored(metric: str) -> int:
     """Score jobs of one metric in the tiny run: every method of both models, but the skipped ones."""
     return len(set(METHODS) - SKIPPED.get(metric, set())) + len(set(GAP_METHODS) - SKIPPED.get(metric, set()))
-TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", "aopc.md", "max_sensitivity.md", "haas.md")
-FIGURES = ("morf_curves", "max_sensitivity", "accuracy_vs_aopc")
+TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", "aopc.md", "max_sensitivity.md", "haas.md",
+          "friedman.csv", "win_counts.csv", "study_tables.md", "study_tables.tex", "study_tables.html")
+FIGURES = ("morf_curves", "max_sensitivity", "accuracy_vs_aopc", "accuracy_vs_max_sensitivity", "critical_difference")
 
 pytestmark = pytest.mark.workflow
 
@@ -89,6 +90,32 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     assert (aopc["best_mean"] | ~aopc["best"]).all()  # bold only where the mean is best (and the corrected test agrees)
     paired = pd.read_csv(tiny_run / "results/aggregate/tables/paired_tests.csv")
     assert {"p_holm", "better", "ci_low", "ci_high", "effect_size"} <= set(paired.columns) and set(paired["metric"]) == {"aopc", "max_sensitivity", "haas"}
+
+
+def test_verdict_names_every_model_and_no_mean_is_infinite(tiny_run):
+    verdict = (tiny_run / "results/aggregate/verdict.md").read_text()
+    for model in ("tinyres", "tinygap"):
+        assert f"## synthetic / {model} (test balanced accuracy" in verdict
+    assert "## Recommendation" in verdict
+    assert "HiResCAM" in verdict and "Grad-CAM" in verdict  # the headline pair, aggregate.compare
+    rst = (tiny_run / "results/aggregate/verdict.rst").read_text()
+    assert rst.startswith("Verdict\n=======")
+    summary = pd.read_csv(tiny_run / "results/aggregate/tables/summary.csv")
+    assert np.isfinite(summary["mean"].dropna()).all()
+    sensitivity = summary[summary["metric"] == "max_sensitivity"]
+    assert (sensitivity["mean"] <= 1 + 1 / 0.1 + 1e-6).all()  # the floored normalisation bounds it
+    assert {"n_degenerate", "n_left_out", "tied_share", "n_floored"} <= set(summary.columns)
+    assert summary["n_left_out"].notna().all()
+    aopc = summary[summary["metric"] == "aopc"]
+    assert aopc["tied_share"].between(0, 1).all()
+    friedman = pd.read_csv(tiny_run / "results/aggregate/tables/friedman.csv")
+    assert set(friedman["metric"]) == {"aopc", "max_sensitivity"}
+
+
+def test_score_log_says_what_was_scored_left_out_and_how_fast(tiny_run):
+    log = (tiny_run / "logs/score/synthetic/tinyres/gradcam/aopc.log").read_text()
+    assert re.search(r"aopc of gradcam: \d+ of \d+ test images scored \(\d+ left out", log), log
+    assert re.search(r"aopc of gradcam: \d+ of \d+ images \(100 %\), [\d.]+ images/s, about 0 s left", log), log
 
 
 def test_every_stage_logged_and_benchmarked(tiny_run):
@@ -164,6 +191,8 @@ def test_report_builds(tiny_run):
     snakemake(tiny_run, "--cores", "1", "--configfile", str(tiny_run / "config.yaml"), "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "morf_curves.png" in html and "summary.csv" in html
+    assert "Recommendation" in html and "synthetic / tinyres" in html  # the verdict is the first page
+    assert "Critical-difference diagrams" in html  # figures carry their captions
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,27 @@ CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
 
 
 def read_scores(paths: list[str | Path]) -> pd.DataFrame:
-    """All score files concatenated (same schema, see docs/formats.md)."""
-    return pd.concat([read_parquet(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+    """All score files concatenated (same schema, see docs/formats.md). ``attrs["left_out"]`` maps
+    ``(dataset, model, method, metric)`` to the file's ``images_left_out`` (images the metric did
+    not select, e.g. the misclassified ones)."""
+    from camfaith.store import read_table_metadata
+
+    if not paths:
+        return pd.DataFrame()
+    frames, left_out, accuracy = [], {}, {}
+    for path in paths:
+        frame = read_parquet(path)
+        frames.append(frame)
+        if len(frame):
+            meta = read_table_metadata(path)
+            identity = tuple(str(frame[column].iloc[0]) for column in ("dataset", "model", "method", "metric"))
+            left_out[identity] = int(meta.get("images_left_out", meta.get("images_total", 0) - meta.get("images_selected", 0)))
+            if identity[3] == "haas":
+                accuracy[identity[:3]] = str((meta.get("settings") or {}).get("accuracy", "plain"))
+    scores = pd.concat(frames, ignore_index=True)
+    scores.attrs["left_out"] = left_out
+    scores.attrs["haas_accuracy"] = accuracy
+    return scores
 
 
 def classification_table(paths: list[str | Path], identities: list[dict]) -> pd.DataFrame:
@@ -53,7 +72,8 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame:
     return scores[scores["quantity"].isin(wanted)]
 
 
-def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFrame | None = None) -> pd.DataFrame:
+def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFrame | None = None,
+                  groups: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Per cell (dataset, model, metric, parameter) and method: ``n, n_undefined, mean, ci_low, ci_high, best``
     (``n``: finite per-image values; ``n_undefined``: NaN ones, e.g. of non-finite maps, left out of the mean).
 
@@ -62,24 +82,42 @@ def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFram
     ``best`` the same, and with ``paired_table`` (:func:`paired_tests`) only when that method is
     also significantly better (Holm) than every other method of the cell.
     """
+    from camfaith import paired
+
+    def groups_of(dataset: str, image_ids) -> np.ndarray | None:
+        return np.array([groups.get((dataset, str(i)), f"image:{i}") for i in image_ids]) if groups else None
+
     rows = []
     for key, group in per_image(scores).groupby(CELL + ["method"], dropna=False, observed=True):
         values = group["value"].to_numpy(dtype=np.float64)
-        low, high = bootstrap_interval(values, seed)
         finite = np.isfinite(values)
+        if groups:  # whole patients resampled, as in the paired intervals
+            low, high = paired.bootstrap_difference_interval(values[finite], groups_of(key[0], group["image_id"][finite]), seed=seed)
+        else:
+            low, high = bootstrap_interval(values, seed)
         mean = float(values[finite].mean()) if finite.any() else float("nan")  # undefined values are counted, never averaged
         rows.append(dict(zip(CELL + ["method"], key), n=int(finite.sum()), n_undefined=int((~finite).sum()), mean=mean, ci_low=low, ci_high=high))
     haas = scores[scores["quantity"] == "haas"]
     for _, row in haas.iterrows():
         same_cell = (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])
         images = scores[(scores["quantity"] == "correct_ha") & same_cell]
-        defined = int(np.isfinite(images["value"].to_numpy(dtype=np.float64)).sum())
-        rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": defined, "n_undefined": len(images) - defined, "mean": float(row["value"]),
-                     "ci_low": np.nan, "ci_high": np.nan})
+        correct_ha = images["value"].to_numpy(dtype=np.float64)
+        finite = np.isfinite(correct_ha)
+        # plain-accuracy HAAS = Σ correct HA / Σ correct originals: a ratio interval over (grouped) images
+        correct = (images["label"] == images["prediction"]).to_numpy(dtype=np.float64)
+        low, high = paired.bootstrap_ratio_interval(correct_ha[finite], correct[finite], groups_of(row["dataset"], images["image_id"][finite]),
+                                                    seed=seed) if haas_accuracy(scores, row) == "plain" else (np.nan, np.nan)
+        rows.append({**{c: row[c] for c in CELL + ["method"]}, "n": int(finite.sum()), "n_undefined": int((~finite).sum()),
+                     "mean": float(row["value"]), "ci_low": low, "ci_high": high})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     table["parameter_value"] = table["parameter_value"].astype("float64")
+    table = table.merge(diagnostics_table(scores), on=["dataset", "model", "method", "metric"], how="left")
+    for quantity, column, how in (("tied_regions", "tied_share", "mean"), ("reference_floored", "n_floored", "sum")):
+        part = scores[scores["quantity"] == quantity]
+        values = part.groupby(CELL + ["method"], dropna=False, observed=True)["value"].agg(how).rename(column).reset_index()
+        table = table.merge(values, on=CELL + ["method"], how="left") if len(part) else table.assign(**{column: np.nan})
     higher = table["metric"].map(lambda m: DIRECTION[m][1])
     signed = np.where(higher, table["mean"], -table["mean"])
     table["signed"] = signed
@@ -90,6 +128,35 @@ def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFram
         significant = np.array([significantly_better_than_all(paired_table, row) for _, row in table.iterrows()], dtype=bool)
         table["best"] = table["best_mean"].to_numpy(dtype=bool) & significant
     return table.drop(columns="signed").sort_values(CELL + ["method"]).reset_index(drop=True)
+
+
+def haas_accuracy(scores: pd.DataFrame, row: pd.Series) -> str:
+    """The accuracy a HAAS score file used (``plain`` or ``balanced``), from ``scores.attrs["haas_accuracy"]``
+    (:func:`read_scores`); ``plain`` when unknown."""
+    return scores.attrs.get("haas_accuracy", {}).get((str(row["dataset"]), str(row["model"]), str(row["method"])), "plain")
+
+
+def diagnostics_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, model, method and metric: ``n_map_zero, n_map_constant, n_map_nonfinite`` (images
+    whose map has that state, :data:`camfaith.metrics.common.MAP_STATES`), ``n_degenerate`` (their
+    sum) and ``n_left_out`` (test images the metric's ``images`` setting left out: the misclassified
+    ones with ``images: correct``; from the score files' ``images_left_out``, see :func:`read_scores`)."""
+    from camfaith.metrics.common import MAP_STATES
+
+    keys = ["dataset", "model", "method", "metric"]
+    states = scores[scores["quantity"].isin(MAP_STATES)]
+    if states.empty:
+        table = scores[keys].drop_duplicates().reset_index(drop=True)
+        for state in MAP_STATES:
+            table[f"n_{state}"] = 0
+    else:
+        table = (states.assign(flag=states["value"] > 0).pivot_table(index=keys, columns="quantity", values="flag", aggfunc="sum", fill_value=0)
+                 .reindex(columns=list(MAP_STATES), fill_value=0).rename(columns=lambda state: f"n_{state}").reset_index())
+        table.columns.name = None
+    table["n_degenerate"] = table[[f"n_{state}" for state in MAP_STATES]].sum(axis=1).astype(int)
+    left_out = scores.attrs.get("left_out", {})
+    table["n_left_out"] = [left_out.get(tuple(row), np.nan) for row in table[keys].itertuples(index=False)]
+    return table
 
 
 def significantly_better_than_all(paired_table: pd.DataFrame, row: pd.Series) -> bool:
@@ -139,11 +206,16 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, st
             if groups:  # patients, lesions: resample whole groups, so their images count once, not many times
                 image_groups_of_pair = np.array([groups.get((key[0], str(i)), f"image:{i}") for i in pair.index])
             low, high = paired.bootstrap_difference_interval(diff, image_groups_of_pair, seed=seed)
-            # HAAS: paired correctness of the HA images (McNemar); the others: Wilcoxon signed-rank (Pratt)
-            p_value = paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5) if key[2] == "haas" else paired.wilcoxon_pratt(diff)
-            rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff),
+            clustered = paired.has_clusters(image_groups_of_pair)
+            # the unit of the test: a group (its images' mean difference) where images share groups, else an image
+            units = paired.group_means(diff, image_groups_of_pair) if clustered else diff
+            if key[2] == "haas":  # paired correctness of the HA images (McNemar, on images)
+                test, p_value = "mcnemar_exact", paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5)
+            else:
+                test, p_value = ("wilcoxon_pratt_groups" if clustered else "wilcoxon_pratt"), paired.wilcoxon_pratt(units)
+            rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff), "n_units": len(units),
                          "mean_difference": float(diff.mean()) if len(diff) else float("nan"), "ci_low": low, "ci_high": high,
-                         "p_value": p_value, "effect_size": paired.rank_biserial(diff) if len(diff) else float("nan")})
+                         "test": test, "p_value": p_value, "effect_size": paired.rank_biserial(units) if len(units) else float("nan")})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -222,3 +294,54 @@ def markdown_table(frame: pd.DataFrame, decimals: int = 3) -> str:
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.{decimals}f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def study_table(summary: pd.DataFrame, metric: str, decimals: int = 3) -> pd.DataFrame:
+    """One metric laid out like the study's tables: a row per dataset / model, a column per
+    (setting, method) — region size (coarsest first) or radius, then methods in registry order with
+    the controls last — holding the mean; ``best`` cells (significantly better than every other
+    method of the cell) are marked by a trailing ``*`` in this text table. Empty without rows."""
+    from camfaith import explainers
+
+    part = summary[summary["metric"] == metric]
+    if part.empty:
+        return pd.DataFrame()
+    order = {name: i for i, name in enumerate(explainers.names())}
+    methods = sorted(part["method"].unique(), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
+    values = sorted(part["parameter_value"].dropna().unique(), reverse=metric == "aopc") or [np.nan]
+    columns, records = [], {}
+    for value in values:
+        same = part[(part["parameter_value"] == value) | (pd.isna(value) & part["parameter_value"].isna())]
+        grid = next((g for g in same.get("grid", pd.Series(dtype=str)).dropna() if g), "")
+        setting = "HAAS" if pd.isna(value) else (f"{grid} ({value:g} px)" if grid else f"r = {value:g}")
+        for method in methods:
+            column = (setting, explainers.get(method).title)
+            columns.append(column)
+            for row in same[same["method"] == method].itertuples():
+                records.setdefault((row.dataset, row.model), {})[column] = f"{row.mean:.{decimals}f}" + ("*" if row.best else "")
+    table = pd.DataFrame.from_dict(records, orient="index").reindex(columns=columns).fillna("")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["dataset", "model"])
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["setting", "method"])
+    return table
+
+
+def study_markdown(table: pd.DataFrame) -> str:
+    """:func:`study_table` as Markdown (one header row: ``setting · method``)."""
+    if table.empty:
+        return "not run\n"
+    header = ["dataset", "model"] + [f"{setting} · {method}" for setting, method in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (dataset, model), row in table.iterrows():
+        lines.append("| " + " | ".join([dataset, model] + [str(v) for v in row]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def study_latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    """:func:`study_table` as a booktabs LaTeX table (``\\toprule``/``\\midrule``/``\\bottomrule``,
+    needs ``\\usepackage{booktabs}``); starred cells in bold."""
+    if table.empty:
+        return f"% {label}: not run\n"
+    bold = table.map(lambda v: f"\\textbf{{{v[:-1]}}}" if isinstance(v, str) and v.endswith("*") else v)
+    styled = bold.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styled.to_latex(hrules=True, caption=caption, label=label, multicol_align="c", column_format="ll" + "r" * bold.shape[1],
+                               position="htbp", environment="table*")

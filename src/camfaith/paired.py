@@ -62,6 +62,39 @@ def bootstrap_difference_interval(differences: np.ndarray, groups: np.ndarray | 
     return float(low), float(high)
 
 
+def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean of ``values [n]`` per group of ``groups [n]`` (in sorted group order): ``[g]``."""
+    labels = np.unique(np.asarray(groups), return_inverse=True)[1]
+    return np.bincount(labels, weights=np.asarray(values, dtype=np.float64)) / np.bincount(labels)
+
+
+def has_clusters(groups: np.ndarray | None) -> bool:
+    """Whether ``groups [n]`` put two or more images in one group (else every image is its own unit)."""
+    return groups is not None and len(groups) > 0 and len(np.unique(np.asarray(groups))) < len(groups)
+
+
+def bootstrap_ratio_interval(numerator: np.ndarray, denominator: np.ndarray, groups: np.ndarray | None = None, seed: int = 0,
+                             resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``Σ numerator / Σ denominator`` over units of ``[n]`` arrays
+    (HAAS with plain accuracy: correct HA images over correct originals), resampling whole
+    ``groups`` when given. Resamples whose denominator is 0 are left out; NaN with fewer than 2 units."""
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    labels = np.arange(len(numerator)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    units = int(labels.max()) + 1 if len(labels) else 0
+    if units < 2:
+        return float("nan"), float("nan")
+    top = np.bincount(labels, weights=numerator, minlength=units)
+    bottom = np.bincount(labels, weights=denominator, minlength=units)
+    drawn = np.random.default_rng(seed).integers(0, units, size=(resamples, units))
+    sums_top, sums_bottom = top[drawn].sum(axis=1), bottom[drawn].sum(axis=1)
+    ratios = sums_top[sums_bottom > 0] / sums_bottom[sums_bottom > 0]
+    if len(ratios) == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
     """Two-sided exact McNemar p-value for paired per-image correctness ``a_correct, b_correct [n]``
     (0/1): a binomial test of the discordant pairs (a right and b wrong against a wrong and b right)

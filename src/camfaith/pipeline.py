@@ -243,7 +243,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     from camfaith.models import load_checkpoint, memory_format, pick_device
     from camfaith.store import finite_maps, map_settings, read_maps
 
-    settings = resolve(metric, params["settings"], params["protocol"])
+    settings = resolve(metric, params["settings"], params["protocol"], params.get("overrides"))
     device = pick_device(params.get("device", "auto"))
     model, _, _, prep = load_checkpoint(model_path, device)
     layout = memory_format(settings.get("memory_format"))
@@ -292,12 +292,18 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
 
     rows = scoring.run(metric, context, blocks(), selected, undefined)
     undefined_values = scoring.undefined_counts(rows, metric)
+    degenerate = scoring.degenerate_counts(rows)
+    left_out = len(maps.image_ids) - len(chosen)
+    log.info("%s of %s: %d of %d test images scored (%d left out: %s), %d with a non-finite map (NaN values), "
+             "degenerate maps among the scored: %s", metric, context.method, len(selected), len(maps.image_ids), left_out,
+             "misclassified, images: correct" if left_out else "none", len(undefined), degenerate or "none")
     if undefined_values:
         log.warning("%s undefined (NaN) per parameter value: %s (non-finite maps: %d; the rest: a zero reference map with "
                     "normalise, or a non-finite re-explanation)", metric, undefined_values, len(undefined))
     frame = common.score_frame(rows, {**identity, "method": context.method, "metric": metric, "protocol": params["protocol"]})
-    metadata = {"settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(chosen),
+    metadata = {"format": common.SCORES_FORMAT, "settings": settings, "protocol": params["protocol"], "seed": params["seed"], "images_selected": len(chosen),
                 "images_nonfinite_map": [maps.image_ids[p] for p in undefined], "values_undefined": undefined_values,
+                "images_left_out": left_out, "maps_degenerate": degenerate,
                 "images_total": len(maps.image_ids), "weights_sha256": str(maps.attrs["weights_sha256"]),
                 "layer": str(maps.attrs["layer"]) if "layer" in maps.attrs else None, "resolution": str(maps.attrs["resolution"]),
                 "explainer_settings": explainer_settings.as_dict(), "device": str(device), "memory_plan": plan.as_dict(),
@@ -323,7 +329,7 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best_mean", "best"])
     groups = agg.image_groups({dataset: read_parquet(path) for dataset, path in (index_paths or {}).items()})
     paired = agg.paired_tests(scores, params.get("seed", 0), groups) if not scores.empty else pd.DataFrame()
-    summary = agg.summary_table(scores, params.get("seed", 0), paired) if not scores.empty else empty
+    summary = agg.summary_table(scores, params.get("seed", 0), paired, groups) if not scores.empty else empty
     summary["grid"] = pd.Series(dtype="string")
     if not summary.empty:
         labels = agg.grid_label(scores)
@@ -339,12 +345,46 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
         "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n" + BOLD_RULE + "\n\n"
                    + agg.markdown_by_model(summary, "haas", "method", skipped),
     }
+    from camfaith import ranking
+    from camfaith import verdict as verdicts
+
+    friedman = ranking.friedman_table(scores, agg.CELL, {m: d for m, d in agg.DIRECTION.items() if m != "haas"}) if not scores.empty else pd.DataFrame()
+    wins = verdicts.win_counts(paired)
+    result = verdicts.build(summary, paired, classification, params.get("compare"), friedman)
+    study = {metric: agg.study_table(summary, metric) for metric in agg.DIRECTION}
+    titles = {"aopc": "AOPC (MoRF), higher is better", "max_sensitivity": "Max-Sensitivity, lower is better", "haas": "HAAS, higher is better"}
+    texts["verdict_md"] = result.markdown()
+    texts["verdict_rst"] = result.rst()
+    texts["study_md"] = "# The study's layout: a row per dataset / model, a column per setting and method (means)\n\n" + "".join(
+        f"## {titles[metric]}\n\n*: {BOLD_RULE[len('In bold: '):]}\n\n{agg.study_markdown(table)}\n" for metric, table in study.items())
+    texts["study_tex"] = "% booktabs tables laid out like the study's; needs \\usepackage{booktabs}\n" + "\n".join(
+        agg.study_latex(table, f"{titles[metric]}: mean per dataset / model (bold: better than every other method of the setting, "
+                        "Holm-corrected paired tests).", f"tab:camfaith-{metric}") for metric, table in study.items())
+    texts["study_html"] = study_html(study, titles, classification)
     write_csv(classification, out["classification_csv"])
     write_csv(summary, out["summary_csv"])
     write_csv(paired, out["paired_csv"])
+    write_csv(friedman, out["friedman_csv"])
+    write_csv(wins, out["win_counts_csv"])
     for key, text in texts.items():
         with atomic_path(out[key]) as tmp:
             tmp.write_text(text)
+
+
+def study_html(study: dict[str, pd.DataFrame], titles: dict[str, str], classification: pd.DataFrame) -> str:
+    """The study-layout tables as one standalone HTML page (the report shows it inline)."""
+    import html
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>camfaith tables</title><style>"
+             "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin-bottom:2em} "
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#f4f4f4}</style></head><body>",
+             "<h1>Tables</h1><p>" + html.escape(BOLD_RULE) + " Here a * marks those cells.</p>",
+             "<h2>Classification (test split)</h2>", classification.to_html(index=False, float_format=lambda v: f"{v:.3f}")]
+    for metric, table in study.items():
+        parts.append(f"<h2>{html.escape(titles[metric])}</h2>")
+        parts.append(table.to_html() if not table.empty else "<p>not run</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:
@@ -352,8 +392,9 @@ def write_csv(frame: pd.DataFrame, path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: dict) -> None:
-    """MoRF curves, Max-Sensitivity against radius, balanced accuracy against AOPC; PNG and PDF each."""
+def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: dict, friedman_csv=None) -> None:
+    """MoRF curves, Max-Sensitivity against radius, balanced accuracy against AOPC and against
+    Max-Sensitivity, critical-difference diagrams (from ``friedman_csv``); PNG and PDF each."""
     from camfaith import aggregate as agg
     from camfaith import plots
 
@@ -363,6 +404,22 @@ def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: d
     plots.save(plots.morf_curves(scores), out["morf_png"], out["morf_pdf"])
     plots.save(plots.sensitivity_vs_radius(summary), out["sensitivity_png"], out["sensitivity_pdf"])
     plots.save(plots.accuracy_vs_aopc(summary, classification), out["accuracy_png"], out["accuracy_pdf"])
+    if "accuracy_sensitivity_png" in out:
+        plots.save(plots.accuracy_vs_metric(summary, classification, "max_sensitivity"), out["accuracy_sensitivity_png"],
+                   out["accuracy_sensitivity_pdf"])
+    if friedman_csv is not None:
+        friedman = read_csv_or_empty(friedman_csv)
+        plots.save(plots.critical_difference(friedman), out["critical_difference_png"], out["critical_difference_pdf"])
+
+
+def read_csv_or_empty(path) -> pd.DataFrame:
+    """A CSV written by :func:`write_csv`; an empty frame for a file of an empty table (no header)."""
+    from pandas.errors import EmptyDataError
+
+    try:
+        return pd.read_csv(path)
+    except EmptyDataError:
+        return pd.DataFrame()
 
 
 def overlay_figure(maps_paths: dict[str, str], index_path, raw_dir, params: dict, png, pdf) -> None:

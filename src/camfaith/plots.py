@@ -59,8 +59,12 @@ def morf_curves(scores: pd.DataFrame) -> plt.Figure:
     for ax, (dataset, model, region) in zip(axes.flat, keys):
         part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
         for method, group in part.groupby("method"):
-            mean = group.groupby("step")["value"].mean()
-            ax.plot(mean.index / mean.index.max(), mean.to_numpy(), **method_style(method))
+            by_step = group.groupby("step")["value"]
+            mean, spread = by_step.mean(), 1.96 * by_step.sem().fillna(0.0)  # normal 95 % band of the mean curve
+            fraction = mean.index / mean.index.max()
+            style = method_style(method)
+            ax.plot(fraction, mean.to_numpy(), **style)
+            ax.fill_between(fraction, (mean - spread).to_numpy(), (mean + spread).to_numpy(), color=style["color"], alpha=0.12, linewidth=0)
         ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
         ax.set_xlabel("fraction of regions perturbed (MoRF)")
         ax.set_ylabel("mean p(target)")
@@ -108,22 +112,45 @@ def sensitivity_vs_radius(summary: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt.Figure:
-    """Balanced accuracy of each model against its mean AOPC, one point per method and region size."""
-    part = summary[summary["metric"] == "aopc"].merge(classification, on=["dataset", "model"])
+SETTING_MARKERS = ("o", "s", "^", "D", "v", "P", "*")
+
+
+def accuracy_vs_metric(summary: pd.DataFrame, classification: pd.DataFrame, metric: str = "aopc") -> plt.Figure:
+    """Balanced accuracy of each model (y) against a metric's mean (x): colour = method, marker =
+    setting (AOPC region size, Max-Sensitivity radius; the legend says which), one point per
+    method, setting and model, each model's points labelled once."""
+    part = summary[summary["metric"] == metric].merge(classification, on=["dataset", "model"])
+    names = {"aopc": "mean AOPC (MoRF), higher is better", "max_sensitivity": "mean Max-Sensitivity, lower is better"}
     if part.empty:
-        return _empty("no AOPC scores")
-    figure, ax = plt.subplots(figsize=(5, 4))
+        return _empty(f"no {metric} scores")
+    figure, ax = plt.subplots(figsize=(6, 4.5))
+    values = sorted(part["parameter_value"].dropna().unique(), reverse=metric == "aopc")
+    marker_of = {value: SETTING_MARKERS[i % len(SETTING_MARKERS)] for i, value in enumerate(values)}
     for method, group in part.groupby("method"):
         style = method_style(method)
-        ax.scatter(group["mean"], group["balanced_accuracy"], label=style["label"], color=style["color"], alpha=0.8,
-                   marker="x" if explainers.get(method).is_control else "o")
+        for value, points in group.groupby("parameter_value"):
+            ax.scatter(points["mean"], points["balanced_accuracy"], color=style["color"], alpha=0.8, marker=marker_of[value],
+                       label=style["label"], facecolors="none" if explainers.get(method).is_control else style["color"])
     for row in part.drop_duplicates(["dataset", "model"]).itertuples():
         ax.annotate(f"{row.dataset}/{row.model}", (row.mean, row.balanced_accuracy), fontsize=7, alpha=0.7)
-    ax.set_xlabel("mean AOPC (MoRF)")
+    if metric == "max_sensitivity":
+        shown = part["mean"].to_numpy()
+        shown = shown[np.isfinite(shown) & (shown > 0)]
+        if len(shown) and shown.max() / shown.min() > 100:
+            ax.set_xscale("symlog", linthresh=float(shown.min()))
+    ax.set_xlabel(names.get(metric, metric))
     ax.set_ylabel("balanced accuracy (test)")
+    unit = "px" if metric == "aopc" else "r ="
+    setting_handles = [plt.Line2D([], [], marker=marker_of[v], linestyle="", color="grey", label=f"{v:g} px" if metric == "aopc" else f"{unit} {v:g}")
+                       for v in values]
+    ax.legend(handles=setting_handles, title="region size" if metric == "aopc" else "radius", fontsize=7, title_fontsize=7, loc="best")
     _legend(figure, np.array([ax]))
     return figure
+
+
+def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt.Figure:
+    """Balanced accuracy against mean AOPC (:func:`accuracy_vs_metric`)."""
+    return accuracy_vs_metric(summary, classification, "aopc")
 
 
 def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: str | Path, examples: int, image_size: int) -> plt.Figure:
@@ -149,13 +176,14 @@ def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: st
             with Image.open(Path(raw_dir) / str(row["mask_path"])) as image:
                 mask = np.asarray(image.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127
         label = classes[int(first.labels[position])] if classes else int(first.labels[position])
+        predicted = classes[int(first.predictions[position])] if classes else int(first.predictions[position])
         panels = [("input", None), *loaded.items()]
         for c, (title, mapset) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(picture)
             if mapset is not None:
                 heat = postprocess.apply(torch.from_numpy(mapset.maps[position : position + 1]), post, (image_size, image_size))[0]
-                ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                shown = ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             if mask is not None:
                 ax.contour(mask, levels=[0.5], colors="white", linewidths=1)
             ax.set_xticks([])
@@ -163,6 +191,106 @@ def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: st
             if r == 0:
                 ax.set_title(title if mapset is None else explainers.get(title).title, fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{label}", fontsize=8)
+                ax.set_ylabel(f"true {label}\npredicted {predicted}", fontsize=7)
+    figure.tight_layout()
+    if count and len(loaded):
+        bar = figure.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
+        bar.set_label("attribution (ReLU, min-max)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return figure
+
+
+def _cd_title(identity: dict) -> str:
+    """'dataset / model · metric parameter=value' from a cell of :func:`camfaith.ranking.friedman_table`."""
+    head = " / ".join(str(identity[c]) for c in ("dataset", "model") if c in identity)
+    tail = str(identity.get("metric", ""))
+    parameter, value = identity.get("parameter"), identity.get("parameter_value")
+    if parameter is not None and pd.notna(parameter) and parameter != "none" and value is not None and pd.notna(value):
+        tail += f" {parameter}={value:g}"
+    others = [str(v) for c, v in identity.items() if c not in ("dataset", "model", "metric", "parameter", "parameter_value")]
+    return " · ".join(part for part in (head, tail.strip(), *others) if part)
+
+
+def critical_difference(table: pd.DataFrame, labels: dict | None = None, alpha: float | None = None) -> plt.Figure:
+    """Critical-difference diagrams (Demšar 2006), a panel per cell of :func:`camfaith.ranking.friedman_table`.
+
+    Each panel has a rank axis from 1 to k with the best method at the left. Each method is a dot at
+    its mean rank, joined by a line to its name (the registry title, or ``labels[method]`` when
+    given) and its mean rank. The better half of the methods is named at the left, the other half at
+    the right. Above the axis, a segment one Nemenyi critical difference long is labelled "CD". Thick
+    bars join each clique (:func:`camfaith.ranking.cliques`), a group of methods whose mean ranks are
+    closer than the CD. The title gives the cell, the Friedman p-value and the number of images.
+    The bars are drawn grey, and the title says they are not to be read, when the Friedman test is
+    not significant at ``alpha`` (default :data:`camfaith.ranking.ALPHA`).
+    """
+    from camfaith import ranking
+
+    alpha = ranking.ALPHA if alpha is None else alpha
+    if table.empty:
+        return _empty("no Friedman tests")
+    labels = labels or {}
+    cell = [c for c in table.columns if c not in ranking.COLUMNS]
+    panels = [(dict(zip(cell, key if isinstance(key, tuple) else (key,))), part.sort_values(["mean_rank", "method"]))
+              for key, part in table.groupby(cell, dropna=False, sort=False)] if cell else [({}, table.sort_values(["mean_rank", "method"]))]
+    columns = min(2, len(panels))
+    row_step, bar_step = 0.22, 0.12  # inches between label rows and between clique bars
+    layouts = []
+    for _, part in panels:
+        ranks = part["mean_rank"].to_numpy(dtype=np.float64)
+        cd = float(part["critical_difference"].iloc[0])
+        groups = ranking.cliques(ranks, cd)
+        layouts.append((ranks, cd, groups))
+    depth = max(0.3 + bar_step * len(groups) + row_step * -(-len(ranks) // 2) for ranks, _, groups in layouts)
+    width, height = 6.5, 1.1 + depth  # inches per panel: title, CD segment and axis, then bars and labels
+    figure, axes = _panels(len(panels), columns)
+    figure.set_size_inches(width * columns, height * axes.shape[0])
+    for ax, (identity, part), (ranks, cd, groups) in zip(axes.flat, panels, layouts):
+        p_value, n = float(part["friedman_p"].iloc[0]), int(part["n_images"].iloc[0])
+        significant = bool(p_value < alpha)
+        if np.isnan(p_value):
+            verdict = "Friedman test undefined (fewer than 3 methods, fewer than 2 images or all tied)"
+        else:
+            verdict = f"Friedman p = {p_value:.2g}" + ("" if significant else f" (not significant at α = {alpha:g}: bars not to be read)")
+        ax.set_title(f"{_cd_title(identity)}\n{verdict}, n = {n} images", fontsize=8)
+        ax.axis("off")
+        k = len(ranks)
+        if not np.all(np.isfinite(ranks)):
+            ax.text(0.5, 0.5, "no image with a finite score for every method", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            continue
+        names = [labels.get(m) or explainers.get(m).title for m in part["method"]]
+        colours = [explainers.get(m).colour if m in explainers.REGISTRY else "black" for m in part["method"]]
+        # leave room at each side for the names: margin / (axis span + 2 margins) = label room / panel width
+        room = min(2.0, 0.15 + 0.05 * max(len(f"{name} ({r:.2f})") for name, r in zip(names, ranks)))
+        span = max(k - 1, 1)
+        margin = room * span / (width - 2 * room)
+        low, high = 1 - margin, max(k, 1 + (cd if np.isfinite(cd) else 0)) + margin
+        ax.set_xlim(low, high)
+        ax.set_ylim(-(depth + 0.1), 0.75)  # y in inches below (−) and above (+) the axis
+        ax.plot([1, max(k, 1)], [0, 0], color="black", linewidth=1)
+        for tick in range(1, k + 1):
+            ax.plot([tick, tick], [0, 0.06], color="black", linewidth=1)
+            ax.text(tick, 0.1, str(tick), ha="center", va="bottom", fontsize=7)
+        for tick in np.arange(1.5, k, 1.0):
+            ax.plot([tick, tick], [0, 0.03], color="black", linewidth=0.6)
+        if np.isfinite(cd):
+            ax.plot([1, 1 + cd], [0.45, 0.45], color="black", linewidth=1)
+            for end in (1, 1 + cd):
+                ax.plot([end, end], [0.41, 0.49], color="black", linewidth=1)
+            ax.text(1 + cd / 2, 0.51, "CD", ha="center", va="bottom", fontsize=7)
+        for c, group in enumerate(groups):
+            y = -(0.12 + bar_step * c)
+            ax.plot([ranks[group[0]] - 0.03, ranks[group[-1]] + 0.03], [y, y], color="black" if significant else "0.7",
+                    linewidth=3.5, solid_capstyle="round", zorder=3)
+        first_row = -(0.3 + bar_step * len(groups))
+        left = -(-k // 2)
+        for i, (name, r, colour) in enumerate(zip(names, ranks, colours)):
+            # the left half from the best down, the right half from the worst down: no lines cross
+            if i < left:
+                y, joint, align, gap = first_row - row_step * i, 1 - 0.1 * margin, "right", -0.04 * margin
+            else:
+                y, joint, align, gap = first_row - row_step * (k - 1 - i), max(k, 1) + 0.1 * margin, "left", 0.04 * margin
+            ax.plot([r, r, joint], [0, y, y], color=colour, linewidth=0.9)
+            ax.plot([r], [0], marker="o", markersize=3.5, color=colour, zorder=4)
+            ax.text(joint + gap, y, f"{name} ({r:.2f})", ha=align, va="center", fontsize=7, color=colour)
     figure.tight_layout()
     return figure

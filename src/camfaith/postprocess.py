@@ -1,8 +1,11 @@
 """Explicit map post-processing: ReLU, per-image min-max scaling, upsampling to the input size.
 
 Raw maps are stored; each metric states which of these steps it applies (config ``postprocess:``)
-and records them in its output. The order is fixed — ReLU, then min-max, then upsampling — which is
-pytorch-grad-cam 1.4's order and hence the study's.
+and records them in its output. The order is fixed — ReLU, then min-max, then upsampling, then (with
+``rescale``) min-max again — which is pytorch-grad-cam 1.4's order and hence the study's: its
+``compute_cam_per_layer`` applies ReLU and ``scale_cam_image(cam, target_size)`` (min-max, then
+``cv2.resize``), and ``aggregate_multi_layers`` then ReLU (a no-op on min-max-scaled maps) and
+``scale_cam_image`` once more without resizing (min-max of the resized map).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class PostProcess:
     relu: bool = True
     minmax: bool = True
     upsample: str = "bilinear"
+    rescale: bool = False  # min-max again after upsampling (pytorch-grad-cam's second scale_cam_image)
 
     @classmethod
     def from_config(cls, config: dict) -> PostProcess:
@@ -51,10 +55,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
 
 
 def apply(maps: torch.Tensor, spec: PostProcess, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, h, w]`` raw maps → ``[N, H, W]`` (or ``[N, h, w]`` with ``upsample: none``), float32."""
+    """``[N, h, w]`` raw maps → ``[N, H, W]`` (or ``[N, h, w]`` with ``upsample: none``), float32.
+    ``rescale`` min-max scales the upsampled map (always, as pytorch-grad-cam 1.4 did, also when the
+    size did not change), so each map spans [0, 1] at the resolution the metric reads."""
     maps = maps.float()
     if spec.relu:
         maps = maps.clamp(min=0)
     if spec.minmax:
         maps = minmax_scale(maps)
-    return upsample(maps, size, spec.upsample)
+    maps = upsample(maps, size, spec.upsample)
+    if spec.rescale:
+        maps = minmax_scale(maps)
+    return maps

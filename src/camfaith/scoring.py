@@ -7,6 +7,8 @@ need every image (HAAS's dataset-level ratio). A new metric is a new runner in :
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,8 @@ from camfaith.explainers import Explainer, Settings
 from camfaith.metrics import aopc, common, haas, max_sensitivity
 from camfaith.models import autocast
 from camfaith.store import MapSet
+
+log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("image_id", "label", "target", "prediction", "parameter", "parameter_value", "quantity", "step", "value")
 
@@ -94,7 +98,8 @@ class Runner:
 
 
 class AopcRunner(Runner):
-    """Per image and region size: the AOPC value and the MoRF curve (``probability`` at each step)."""
+    """Per image and region size: the AOPC value, the MoRF curve (``probability`` at each step) and
+    the share of regions whose rank was decided by tie-breaking (``tied_regions``)."""
 
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         settings = context.settings
@@ -102,11 +107,14 @@ class AopcRunner(Runner):
         saliency = aopc.saliency_for(block.raw, context.post, tuple(block.images.shape[-2:]))
         for region_px in settings["region_px"]:
             curves = aopc.morf_curves(context.model, block.images, saliency, block.targets, block.image_ids, region_px,
-                                      settings["zero_pad"], settings["noise"], context.seed, settings["batch_size"], context.amp)
+                                      settings["zero_pad"], settings["noise"], context.seed, settings["batch_size"], context.amp,
+                                      ties=settings.get("ties", "random"))
             values = aopc.aopc_from_curves(curves, decimals).cpu()
             shown = common.rounded(curves, decimals).cpu()
+            tied = aopc.tied_share(aopc.region_means(saliency, region_px, settings["zero_pad"])).cpu()
             for i, position in enumerate(block.positions):
                 rows.add(position, "region_px", region_px, "aopc", None, values[i])
+                rows.add(position, "region_px", region_px, "tied_regions", None, tied[i])
                 for step in range(shown.shape[1]):
                     rows.add(position, "region_px", region_px, "probability", step, shown[i, step])
 
@@ -135,13 +143,18 @@ class MaxSensitivityRunner(Runner):
             with autocast(context.device, amp):
                 return explainer.explain(context.model, context.layer, noisy, targets, explainer_settings, seeds)
 
+        floor = settings.get("normalise_floor", max_sensitivity.DEFAULT_FLOOR) if settings["normalise"] else None
         for entry in settings["radii"]:
+            floored = torch.zeros(len(block.positions), dtype=torch.bool, device=context.device)
             values = max_sensitivity.max_sensitivity(
                 explain, block.images, block.raw, block.targets, block.image_ids, block.seeds, radius=entry["radius"],
                 samples=entry["samples"], post=context.post, normalise=settings["normalise"], clip_range=clip_range,
-                seed=context.seed, batch_size=settings["batch_size"]).cpu()
+                seed=context.seed, batch_size=settings["batch_size"], floor=floor, floored=floored).cpu()
+            floored = floored.cpu()
             for i, position in enumerate(block.positions):
                 rows.add(position, "radius", entry["radius"], "max_sensitivity", None, values[i])
+                if floor is not None:
+                    rows.add(position, "radius", entry["radius"], "reference_floored", None, float(floored[i]))
 
     def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
         for entry in context.settings["radii"]:
@@ -182,18 +195,70 @@ REEXPLAINS = {"max_sensitivity"}  # metrics that recompute maps, so need the exp
 PER_IMAGE_QUANTITY = {"aopc": "aopc", "max_sensitivity": "max_sensitivity", "haas": "correct_ha"}
 
 
-def run(metric: str, context: Context, blocks, selected: np.ndarray, undefined: np.ndarray | None = None) -> dict[str, list]:
+# Seconds between two progress lines of a score job
+PROGRESS_SECONDS = 30.0
+
+
+class Progress:
+    """Logs ``images done of total, rate, time left`` at most every ``every`` seconds, and at the end."""
+
+    def __init__(self, metric: str, method: str, total: int, every: float = PROGRESS_SECONDS, clock=time.monotonic):
+        self.metric, self.method, self.total, self.every, self.clock = metric, method, total, every, clock
+        self.done = 0
+        self.start = self.last = clock()
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        now = self.clock()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            elapsed = max(now - self.start, 1e-9)
+            rate = self.done / elapsed
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info("%s of %s: %d of %d images (%.0f %%), %.2f images/s, about %s left", self.metric, self.method, self.done,
+                     self.total, 100 * self.done / max(self.total, 1), rate, _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "unknown time"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def run(metric: str, context: Context, blocks, selected: np.ndarray, undefined: np.ndarray | None = None,
+        progress_seconds: float = PROGRESS_SECONDS) -> dict[str, list]:
     """Score ``metric`` over ``blocks`` (an iterable of :class:`Block`) of the ``selected`` positions
     and return the row columns; the ``undefined`` positions (images whose map is not finite) get NaN
-    rows instead of scores."""
+    rows instead of scores. Every selected or undefined image also gets its map diagnostics
+    (:data:`camfaith.metrics.common.MAP_STATES`, 0/1 rows). Progress is logged every
+    ``progress_seconds``."""
     runner = RUNNERS[metric]()
     rows = Rows(context.maps)
+    progress = Progress(metric, context.method, len(selected), progress_seconds)
     for block in blocks:
         runner.block(context, block, rows)
+        progress.advance(len(block.positions))
     runner.finish(context, selected, rows)
-    if undefined is not None and len(undefined):
+    undefined = np.zeros(0, dtype=np.int64) if undefined is None else np.asarray(undefined, dtype=np.int64)
+    if len(undefined):
         runner.undefined(context, undefined, rows)
+    scored = np.sort(np.concatenate([np.asarray(selected, dtype=np.int64), undefined]))
+    states = common.map_states(context.maps.maps[scored], context.post.relu)
+    for state in common.MAP_STATES:
+        for position, flag in zip(scored, states[state], strict=True):
+            rows.add(int(position), "none", np.nan, state, None, float(flag))
     return rows.columns
+
+
+def degenerate_counts(columns: dict[str, list]) -> dict[str, int]:
+    """How many of the scored images have each degenerate map state (zeros omitted)."""
+    counts = dict.fromkeys(common.MAP_STATES, 0)
+    for quantity, value in zip(columns["quantity"], columns["value"]):
+        if quantity in counts and value > 0:
+            counts[quantity] += 1
+    return {state: count for state, count in counts.items() if count}
 
 
 def undefined_counts(columns: dict[str, list], metric: str) -> dict[str, int]:

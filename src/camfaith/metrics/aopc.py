@@ -2,10 +2,17 @@
 
 For a map upsampled to the input (``H×W``) and a region size ``s`` px, the image is tiled into
 ``R×C = ⌈H/s⌉×⌈W/s⌉`` regions (L = R·C; edge regions are smaller when ``s`` does not divide the
-size). Regions are ranked by their mean attribution, ties in row-major order; step ``k`` replaces
+size). Regions are ranked by their mean attribution; step ``k`` replaces
 the ``k`` top-ranked regions by uniform noise in [min x, max x] (global over the normalised image),
 cumulatively, so ``x⁰`` is the original and ``x^L`` is all noise. With f the softmax probability of
 the target class, ``AOPC = 1/(L+1) Σ_{k=0..L} (f(x⁰) − f(x^k))``.
+
+Ties in that ranking are common (a ReLU'd CAM is exactly zero on much of the image): ``ties:
+row_major`` (the study, via a stable sort) perturbs tied regions from the top left, so the tail of
+the curve is a raster scan that favours whatever sits in the top rows; ``ties: random`` (the
+default protocol) breaks them in a seeded random order of the regions, drawn per image and region
+size and shared by every method, so tied regions are perturbed in an order unrelated to position and
+the comparison of two methods stays paired. :func:`tied_share` measures how much of a map is tied.
 
 ``zero_pad`` (the study) averages an edge region as if zero-padded to ``s×s`` (skimage's
 ``block_reduce``), which ranks edge regions too low; the default divides by the pixels that exist.
@@ -21,6 +28,7 @@ from camfaith import postprocess
 from camfaith.metrics.common import chunks, generator, layout_of, rounded, target_probability, uniform
 
 NOISE_MODES = ("per_step", "per_image")
+TIE_MODES = ("row_major", "random")
 
 
 def grid_shape(height: int, width: int, region_px: int) -> tuple[int, int]:
@@ -38,9 +46,35 @@ def region_means(saliency: torch.Tensor, region_px: int, zero_pad: bool) -> torc
     return sums / counts
 
 
-def region_order(means: torch.Tensor) -> torch.Tensor:
-    """Region indices ``[N, L]`` (row-major ids) from most to least attributed; ties keep row-major order."""
-    return torch.sort(means.flatten(1), dim=1, descending=True, stable=True).indices
+def tie_permutations(count: int, image_ids: list[str], region_px: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``[N, L]``: per image a seeded random permutation of its ``L = count`` region ids, from
+    (seed, image id, region size) only, so every method of a comparison gets the same one."""
+    return torch.stack([torch.randperm(count, generator=generator(device, seed, image_id, "aopc_ties", region_px), device=device)
+                        for image_id in image_ids])
+
+
+def region_order(means: torch.Tensor, permutations: torch.Tensor | None = None) -> torch.Tensor:
+    """Region indices ``[N, L]`` (row-major ids) from most to least attributed, for ``means [N, R, C]``.
+
+    Without ``permutations`` ties keep row-major order (the study); with ``permutations [N, L]``
+    (:func:`tie_permutations`) tied regions come in that permutation's order instead."""
+    flat = means.flatten(1)
+    if permutations is None:
+        return torch.sort(flat, dim=1, descending=True, stable=True).indices
+    # a stable sort of the permuted means orders ties by their position in the permutation
+    within = torch.sort(flat.gather(1, permutations), dim=1, descending=True, stable=True).indices
+    return permutations.gather(1, within)
+
+
+def tied_share(means: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the share of each map's regions (``means [N, R, C]``) whose mean equals another
+    region's mean exactly, i.e. whose MoRF position is decided by tie-breaking, not by the map."""
+    ordered = torch.sort(means.flatten(1), dim=1).values
+    same = ordered[:, 1:] == ordered[:, :-1]
+    tied = torch.zeros_like(ordered, dtype=torch.bool)
+    tied[:, 1:] |= same
+    tied[:, :-1] |= same
+    return tied.float().mean(dim=1)
 
 
 def region_ranks(order: torch.Tensor) -> torch.Tensor:
@@ -88,15 +122,22 @@ def noise_fill(image: torch.Tensor, order: torch.Tensor, region_px: int, mode: s
 @torch.no_grad()
 def morf_curves(
     model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor, image_ids: list[str],
-    region_px: int, zero_pad: bool, noise: str, seed: int, batch_size: int, amp: bool = True,
+    region_px: int, zero_pad: bool, noise: str, seed: int, batch_size: int, amp: bool = True, ties: str = "row_major",
 ) -> torch.Tensor:
-    """``f(x^k)`` for k = 0..L: ``[n, L+1]`` float32 for ``images [n, C, H, W]`` and ``saliency [n, H, W]``.
+    """``f(x^k)`` for k = 0..L: ``[n, L+1]`` float32 for ``images [n, C, H, W]`` and ``saliency [n, H, W]``,
+    tied regions ordered as ``ties`` says (:data:`TIE_MODES`).
 
     Perturbed inputs are built on the device batch by batch (never all L+1 copies of all images at
     once) and pushed through the model ``batch_size`` at a time.
     """
     n, _, height, width = images.shape
-    order = region_order(region_means(saliency, region_px, zero_pad))
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+    means = region_means(saliency, region_px, zero_pad)
+    permutations = None
+    if ties == "random":
+        permutations = tie_permutations(means[0].numel(), image_ids, region_px, seed, images.device)
+    order = region_order(means, permutations)
     steps = order.shape[1] + 1
     ranks = pixel_ranks(order, height, width, region_px)
     layout = layout_of(images)

@@ -21,6 +21,29 @@ def select(labels: np.ndarray, predictions: np.ndarray, which: str) -> np.ndarra
     raise ValueError(f"images must be 'all' or 'correct', got {which!r}")
 
 
+# The score-file layout (docs/formats.md §8); files without the metadata key are version 1
+SCORES_FORMAT = "camfaith.scores/2"
+
+# Per-image map diagnostics every score file carries (docs/statistics.md): mutually exclusive, in this order
+MAP_STATES = ("map_nonfinite", "map_zero", "map_constant")
+
+
+def map_states(raw_maps: np.ndarray, relu: bool) -> dict[str, np.ndarray]:
+    """Which of ``raw_maps [n, h, w]`` are degenerate, as bool ``[n]`` per :data:`MAP_STATES`:
+    ``map_nonfinite`` (a NaN or inf value), ``map_zero`` (all zero, after ReLU when the metric
+    applies it: nothing is attributed, every region ties) and ``map_constant`` (finite, not zero,
+    one value everywhere: min-max scaling makes it zero). A degenerate map is still scored (except a
+    non-finite one); it is counted so a reader knows how many values rest on tie-breaking alone."""
+    flat = np.asarray(raw_maps, dtype=np.float32).reshape(len(raw_maps), -1)
+    nonfinite = ~np.isfinite(flat).all(axis=1)
+    clean = np.where(np.isfinite(flat), flat, 0.0)
+    if relu:
+        clean = np.maximum(clean, 0.0)
+    zero = ~nonfinite & (clean == 0).all(axis=1)
+    constant = ~nonfinite & ~zero & (np.ptp(clean, axis=1) == 0) if flat.shape[1] else np.zeros(len(flat), dtype=bool)
+    return {"map_nonfinite": nonfinite, "map_zero": zero, "map_constant": constant}
+
+
 def generator(device: torch.device, *parts: object) -> torch.Generator:
     """A torch generator on ``device`` seeded by ``parts`` (seed, image id, purpose, step...).
 

@@ -6,6 +6,17 @@ post-processed as configured and upsampled to the input, and
 
     MaxSens(x) = max_s ‖Φ(x) − Φ(y_s)‖₂  [ / ‖Φ(x)‖₂ when ``normalise`` ]
 
+Normalising makes the value scale-free, but a reference map that is nearly zero (a Grad-CAM++ or
+Grad-CAM map that ReLU all but erased) turns a small absolute change into a huge ratio, and one
+such image dominates a mean (799 [1, 2388] on the default run before this). ``floor`` ε bounds
+the denominator from below relative to the map scale seen for that image:
+
+    denominator = max(‖Φ(x)‖₂, ε · max(‖Φ(x)‖₂, max_s ‖Φ(y_s)‖₂))
+
+so a value is at most 1 + 1/ε, still scale-free (multiplying every map by c changes nothing),
+and depends on no other image. Images where the floor decides are counted ("floored"). Without
+``floor`` a zero reference map gives NaN; with it, a zero reference and all-zero noisy maps give 0.
+
 Φ(y_s) is recomputed by the same explainer, with the settings, layer and target class of the
 stored map (Captum's ``sensitivity_max`` takes an explanation function the same way), so the metric
 works for every method: one sample costs what one explanation of one image costs (a forward and a
@@ -21,6 +32,9 @@ import torch
 
 from camfaith import postprocess
 from camfaith.metrics.common import chunks, generator, layout_of
+
+# ε of the floored normalisation when the config does not say (module docstring)
+DEFAULT_FLOOR = 0.1
 
 # (images [M, C, H, W], targets [M], seeds [M]) -> raw maps [M, h, w] at the explainer's resolution
 ExplainFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
@@ -50,19 +64,23 @@ def max_sensitivity(
     explain: ExplainFn, images: torch.Tensor, raw_maps: torch.Tensor, targets: torch.Tensor, image_ids: Sequence[str],
     seeds: Sequence[int], *, radius: float, samples: int, post: postprocess.PostProcess, normalise: bool,
     clip_range: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int, batch_size: int,
+    floor: float | None = None, floored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MaxSens ``[n]`` for ``images [n, C, H, W]`` whose raw maps ``raw_maps [n, h, w]`` were computed
     for ``targets [n]`` with per-image explainer ``seeds``; ``explain`` recomputes maps of noisy copies,
     ``batch_size`` of them per call. ``clip_range`` (low, high ``[1, C, 1, 1]``) clamps the noisy
-    inputs; None leaves them unclipped (the study). A zero reference map with ``normalise``, or a
-    non-finite map, gives NaN."""
+    inputs; None leaves them unclipped (the study). With ``normalise``, ``floor`` ε floors the
+    denominator at ε times the largest map norm of the image (module docstring); ``floored``, a
+    bool ``[n]`` tensor, receives where it did. A zero reference map with ``normalise`` and no
+    ``floor``, or a non-finite map, gives NaN."""
     n, _, height, width = images.shape
     size = (height, width)
     reference = postprocess.apply(raw_maps, post, size)
     distances = torch.empty(n, samples, dtype=torch.float32, device=images.device)
+    norms = torch.empty(n, samples, dtype=torch.float32, device=images.device)  # ‖Φ(y_s)‖, the floor's scale
     pair_image = torch.arange(n, device=images.device).repeat_interleave(samples)
     layout = layout_of(images)
-    flat = distances.view(-1)
+    flat, flat_norms = distances.view(-1), norms.view(-1)
     noise_buffer = torch.empty((min(batch_size, n * samples), *images.shape[1:]), dtype=torch.float32, device=images.device)
     for part in chunks(n * samples, batch_size):
         which = pair_image[part]
@@ -78,10 +96,20 @@ def max_sensitivity(
         maps = explain(noisy, targets[which], [seeds[k // samples] for k in range(part.start, part.stop)])
         perturbed = postprocess.apply(maps, post, size)
         flat[part] = (perturbed - reference[which]).flatten(1).norm(dim=1)
+        flat_norms[part] = perturbed.flatten(1).norm(dim=1)
     worst = distances.max(dim=1).values
     # a non-finite re-explanation (or reference) makes the value undefined: NaN, never inf
     worst = torch.where(torch.isfinite(worst), worst, torch.nan)
-    if normalise:
-        scale = reference.flatten(1).norm(dim=1)
-        worst = torch.where(scale > 0, worst / torch.where(scale > 0, scale, 1.0), torch.nan)
-    return worst
+    if floored is not None:
+        floored.zero_()
+    if not normalise:
+        return worst
+    scale = reference.flatten(1).norm(dim=1)
+    if floor is None:
+        return torch.where(scale > 0, worst / torch.where(scale > 0, scale, 1.0), torch.nan)
+    lowest = floor * torch.maximum(scale, norms.max(dim=1).values)
+    denominator = torch.maximum(scale, lowest)
+    if floored is not None:
+        floored.copy_(scale < lowest)
+    # every map of the image zero: nothing changed, nothing to divide (0, and the map is counted degenerate)
+    return torch.where(denominator > 0, worst / torch.where(denominator > 0, denominator, 1.0), torch.where(torch.isnan(worst), worst, 0.0))

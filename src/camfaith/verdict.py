@@ -1,0 +1,304 @@
+"""The result in words: per dataset and model one sentence per metric setting, then a recommendation.
+
+Everything here reads the tables (``summary.csv``, ``paired_tests.csv``, the Friedman table) and
+writes sentences; no statistic is computed that the tables do not hold, so every number in the
+verdict can be found in a table. The rules (docs/statistics.md "The verdict"):
+
+- a method is "more faithful" than another only where the Holm-corrected paired test says so;
+- a method is in a cell's **top group** when no other method is significantly better than it;
+- a metric setting is **flagged** where a control (a map that ignores the model) is in the top group
+  or significantly beats a real method: that setting does not measure faithfulness there;
+- degenerate maps, tie-decided regions, floored Max-Sensitivity denominators, undefined values and
+  images left out are listed as caveats beside the numbers they affect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from camfaith.aggregate import CELL, DIRECTION
+
+# a method whose regions are tie-decided more often than this gets a caveat under AOPC
+TIED_SHARE_CAVEAT = 0.25
+
+
+def title(method: str) -> str:
+    from camfaith import explainers
+
+    return explainers.get(method).title if method in explainers.names() else method
+
+
+def is_control(method: str) -> bool:
+    from camfaith import explainers
+
+    return method in explainers.names() and explainers.get(method).is_control
+
+
+def setting_label(metric: str, parameter_value: float, grid: str = "") -> str:
+    """``AOPC on 8x8 regions (8 px)``, ``Max-Sensitivity at r = 0.05``, ``HAAS``."""
+    if metric == "aopc":
+        return f"AOPC on {grid} regions ({parameter_value:g} px)" if grid else f"AOPC on {parameter_value:g} px regions"
+    if metric == "max_sensitivity":
+        return f"Max-Sensitivity at r = {parameter_value:g}"
+    return "HAAS"
+
+
+def number(value: float, decimals: int = 3) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.{decimals}g}" if 0 < abs(value) < 10 ** -decimals else f"{value:.{decimals}f}"
+
+
+def signed(value: float, decimals: int = 3) -> str:
+    """``+0.012``; a value that rounds to zero prints as ``+0.000``, never ``-0.000``."""
+    rounded = round(float(value), decimals) + 0.0
+    return f"{rounded:+.{decimals}f}"
+
+
+def p_text(value: float) -> str:
+    if not np.isfinite(value):
+        return "no test possible"
+    return "p_Holm < 0.001" if value < 0.001 else f"p_Holm = {value:.3f}"
+
+
+@dataclass
+class Cell:
+    """One dataset × model × metric setting, as the verdict reads it."""
+
+    dataset: str
+    model: str
+    metric: str
+    parameter_value: float
+    label: str
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    top_group: list[str] = field(default_factory=list)
+    flagged_controls: list[str] = field(default_factory=list)
+
+
+def _same_cell(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    mask = np.ones(len(frame), dtype=bool)
+    for column, value in zip(CELL, key, strict=True):
+        mask &= (frame[column] == value).to_numpy() | (frame[column].isna().to_numpy() & pd.isna(value))
+    return frame[mask]
+
+
+def cells(summary: pd.DataFrame, paired: pd.DataFrame) -> list[Cell]:
+    """Every cell of ``summary`` with its rows, its paired tests, its top group and flagged controls."""
+    out = []
+    for key, rows in summary.groupby(CELL, dropna=False, sort=True):
+        dataset, model, metric, _, value = key
+        grid = str(rows["grid"].dropna().iloc[0]) if "grid" in rows and rows["grid"].notna().any() else ""
+        tests = _same_cell(paired, key) if not paired.empty else paired
+        cell = Cell(dataset, model, metric, value, setting_label(metric, value, grid), rows, tests)
+        methods = list(rows["method"])
+        beaten = set()
+        for test in tests.itertuples():
+            if test.better not in ("no difference",):
+                beaten.add(test.method_b if test.better == test.method_a else test.method_a)
+        cell.top_group = [m for m in methods if m not in beaten]
+        real = [m for m in methods if not is_control(m)]
+        for control in (m for m in methods if is_control(m)):
+            beats_real = any(t.better == control and ({t.method_a, t.method_b} - {control}) <= set(real) for t in tests.itertuples())
+            if (control in cell.top_group and len(real) > 0) or beats_real:
+                cell.flagged_controls.append(control)
+        out.append(cell)
+    return out
+
+
+def pair_sentence(cell: Cell, first: str, second: str) -> str | None:
+    """``HiResCAM is more faithful than Grad-CAM by AOPC on 8x8 regions: +0.012 [0.006, 0.018], p_Holm = 0.002``
+    or ``AOPC on 8x8 regions cannot tell them apart (...)``; None when a method is missing."""
+    a, b = sorted([first, second])
+    test = cell.paired[(cell.paired["method_a"] == a) & (cell.paired["method_b"] == b)] if not cell.paired.empty else cell.paired
+    if test.empty:
+        return None
+    row = test.iloc[0]
+    sign = 1.0 if a == first else -1.0  # report first − second
+    low, high = sorted([sign * row["ci_low"], sign * row["ci_high"]])
+    numbers = f"{signed(sign * row['mean_difference'])} [{signed(low)}, {signed(high)}], {p_text(row['p_holm'])}"
+    word = "more faithful" if cell.metric != "max_sensitivity" else "more stable (lower Max-Sensitivity)"
+    if row["better"] == first:
+        return f"{title(first)} is {word} than {title(second)} by {cell.label}: {numbers}"
+    if row["better"] == second:
+        return f"{title(second)} is {word} than {title(first)} by {cell.label}: {title(first)} − {title(second)} = {numbers}"
+    return f"{cell.label} cannot tell them apart ({title(first)} − {title(second)} = {numbers})"
+
+
+def top_group_sentence(cell: Cell) -> str:
+    rows = cell.summary.set_index("method")
+    higher = DIRECTION[cell.metric][1]
+    best = rows["mean"].idxmax() if higher else rows["mean"].idxmin()
+    group = sorted(cell.top_group, key=lambda m: -rows.loc[m, "mean"] if higher else rows.loc[m, "mean"])
+    names = ", ".join(title(m) for m in group)
+    if len(group) == 1:
+        text = f"{title(group[0])} is better than every other method ({number(rows.loc[group[0], 'mean'])})"
+    elif len(group) == len(rows):
+        text = f"no method is significantly better than another (best mean: {title(best)}, {number(rows.loc[best, 'mean'])})"
+    else:
+        text = f"top group (no method significantly better): {names}; best mean {title(best)} ({number(rows.loc[best, 'mean'])})"
+    return f"{cell.label}: {text}"
+
+
+def caveats(cell: Cell) -> list[str]:
+    """The things a reader must know beside this cell's numbers."""
+    notes = []
+    if cell.flagged_controls:
+        names = ", ".join(title(m) for m in cell.flagged_controls)
+        notes.append(f"{cell.label} does not rank the control(s) {names} last (a map that ignores the model is in the top group "
+                     "or beats a real method): this setting does not measure faithfulness here")
+    metric_name = {"aopc": "AOPC", "max_sensitivity": "Max-Sensitivity", "haas": "HAAS"}[cell.metric]
+    for row in cell.summary.itertuples():
+        scored = int(row.n) + int(row.n_undefined)
+        degenerate = {"all zero after ReLU": getattr(row, "n_map_zero", 0), "constant": getattr(row, "n_map_constant", 0),
+                      "non-finite": getattr(row, "n_map_nonfinite", 0)}
+        found = [f"{int(count)} {what}" for what, count in degenerate.items() if pd.notna(count) and count > 0]
+        if found:  # the same for every setting of a metric: the caller drops repeats
+            notes.append(f"{title(row.method)}: of the {scored} maps {metric_name} scored, {', '.join(found)}")
+        tied = getattr(row, "tied_share", np.nan)
+        if cell.metric == "aopc" and pd.notna(tied) and tied > TIED_SHARE_CAVEAT:
+            notes.append(f"{title(row.method)}: {100 * tied:.0f} % of its regions are tied under {cell.label} "
+                         "(ordered by the seeded tie-break, not by the map)")
+        floored = getattr(row, "n_floored", np.nan)
+        if cell.metric == "max_sensitivity" and pd.notna(floored) and floored > 0:
+            notes.append(f"{title(row.method)}: {int(floored)} of {int(row.n)} denominators floored under {cell.label} (near-zero reference map)")
+        if row.n_undefined > 0:
+            notes.append(f"{title(row.method)}: {int(row.n_undefined)} undefined values left out of {cell.label}")
+    return notes
+
+
+@dataclass
+class Verdict:
+    sections: list[tuple[str, list[str], list[str]]]  # heading, sentences, caveats
+    recommendation: list[str]
+
+    def markdown(self) -> str:
+        lines = ["# Verdict", "", "Which attribution map is more faithful, by how much, and how sure we are "
+                 "(docs/statistics.md: every rule behind these sentences). Intervals: 95 % bootstrap of the paired "
+                 "difference, resampling patients/groups; p-values Holm-corrected within each metric.", ""]
+        for heading, sentences, notes in self.sections:
+            lines += [f"## {heading}", ""] + [f"- {s}." for s in sentences]
+            if notes:
+                lines += ["", "Caveats:", ""] + [f"- {n}." for n in notes]
+            lines.append("")
+        lines += ["## Recommendation", ""] + [f"- {s}." for s in self.recommendation] + [""]
+        return "\n".join(lines)
+
+    def rst(self) -> str:
+        def underline(text: str, char: str) -> str:
+            return f"{text}\n{char * len(text)}\n"
+
+        def escape(text: str) -> str:
+            return text.replace("*", r"\*").replace("_", r"\_").replace("`", r"\`")
+
+        parts = [underline("Verdict", "="), "", "Which attribution map is more faithful, by how much, and how sure we are. Intervals: "
+                 "95 % bootstrap of the paired difference, resampling patients/groups; p-values Holm-corrected within each metric.", ""]
+        for heading, sentences, notes in self.sections:
+            parts += [underline(escape(heading), "-")] + [f"- {escape(s)}." for s in sentences] + [""]
+            if notes:
+                parts += ["Caveats:", ""] + [f"- {escape(n)}." for n in notes] + [""]
+        parts += [underline("Recommendation", "-")] + [f"- {escape(s)}." for s in self.recommendation] + [""]
+        return "\n".join(parts)
+
+
+def win_counts(paired: pd.DataFrame) -> pd.DataFrame:
+    """Per metric setting and ordered method pair (a, b) across dataset × model cells: ``cells``,
+    ``a_higher`` (cells where a's mean is better by the metric's direction), ``a_significant``
+    (where a is ``better`` by the Holm-corrected test) and the same for b — the study's "HiResCAM
+    prevails in 7/8 models (significant in k/8)"."""
+    if paired.empty:
+        return pd.DataFrame(columns=["metric", "parameter_value", "method_a", "method_b", "cells", "a_higher", "a_significant",
+                                     "b_higher", "b_significant"])
+    rows = []
+    for (metric, value, a, b), tests in paired.groupby(["metric", "parameter_value", "method_a", "method_b"], dropna=False):
+        higher = DIRECTION[metric][1]
+        difference = tests["mean_difference"].to_numpy(dtype=np.float64)
+        a_wins = difference > 0 if higher else difference < 0
+        b_wins = difference < 0 if higher else difference > 0
+        rows.append({"metric": metric, "parameter_value": value, "method_a": a, "method_b": b, "cells": len(tests),
+                     "a_higher": int(a_wins.sum()), "a_significant": int((tests["better"] == a).sum()),
+                     "b_higher": int(b_wins.sum()), "b_significant": int((tests["better"] == b).sum())})
+    return pd.DataFrame(rows)
+
+
+def build(summary: pd.DataFrame, paired: pd.DataFrame, classification: pd.DataFrame, compare: list[str] | None = None,
+          friedman: pd.DataFrame | None = None) -> Verdict:
+    """The verdict from the tables. ``compare``: the pair of methods the study asks about (first
+    one first in every sentence), e.g. ``["hirescam", "gradcam"]``; ``friedman``: the per-cell
+    Friedman table (:func:`camfaith.ranking.friedman_table`), whose p-value is quoted."""
+    all_cells = cells(summary, paired)
+    compare = [m for m in (compare or []) if m in set(summary["method"])]
+    sections = []
+    for (dataset, model), group in _by_model(all_cells):
+        accuracy = classification[(classification["dataset"] == dataset) & (classification["model"] == model)]
+        heading = f"{dataset} / {model}"
+        if len(accuracy):
+            heading += f" (test balanced accuracy {accuracy['balanced_accuracy'].iloc[0]:.3f})"
+        sentences = []
+        if len(compare) == 2:
+            pair = [pair_sentence(cell, *compare) for cell in group]
+            sentences += [s for s in pair if s]
+        for cell in group:
+            sentence = top_group_sentence(cell)
+            p = _friedman_p(friedman, cell)
+            if p is not None:
+                sentence += f" (Friedman p = {p:.2g} over {len(cell.summary)} methods)"
+            sentences.append(sentence)
+        notes = list(dict.fromkeys(note for cell in group for note in caveats(cell)))  # in order, without repeats
+        sections.append((heading, sentences, notes))
+    return Verdict(sections, recommendation(all_cells, paired, compare))
+
+
+def _by_model(all_cells: list[Cell]):
+    keys = sorted({(c.dataset, c.model) for c in all_cells})
+    return [(key, [c for c in all_cells if (c.dataset, c.model) == key]) for key in keys]
+
+
+def _friedman_p(friedman: pd.DataFrame | None, cell: Cell) -> float | None:
+    if friedman is None or friedman.empty:
+        return None
+    rows = _same_cell(friedman, (cell.dataset, cell.model, cell.metric, cell.summary["parameter"].iloc[0], cell.parameter_value))
+    value = rows["friedman_p"].iloc[0] if len(rows) else np.nan
+    return float(value) if np.isfinite(value) else None
+
+
+def recommendation(all_cells: list[Cell], paired: pd.DataFrame, compare: list[str]) -> list[str]:
+    """Overall: how often each real method is in the top group of a cell the controls did not
+    flag, the focus pair's win counts per metric setting, and what to distrust."""
+    trusted = [c for c in all_cells if not c.flagged_controls]
+    lines = []
+    if not all_cells:
+        return ["nothing was scored"]
+    counts: dict[str, int] = {}
+    for cell in trusted:
+        for method in cell.top_group:
+            if not is_control(method):
+                counts[method] = counts.get(method, 0) + 1
+    if counts:
+        best = max(counts.values())
+        leaders = sorted(m for m, c in counts.items() if c == best)
+        lines.append(f"{' and '.join(title(m) for m in leaders)} {'is' if len(leaders) == 1 else 'are'} in the top group of {best} of "
+                     f"{len(trusted)} cells whose metric ranked the controls last; this is the recommendation, "
+                     "for these models and data" + (" (a tie: the data cannot separate them)" if len(leaders) > 1 else ""))
+        runners_up = sorted(((c, m) for m, c in counts.items() if m not in leaders), reverse=True)[:3]
+        if runners_up:
+            lines.append("next: " + ", ".join(f"{title(m)} {c}/{len(trusted)}" for c, m in runners_up))
+    else:
+        lines.append("no real method is in the top group of any cell the controls did not flag: the metrics cannot recommend a method here")
+    flagged = [c for c in all_cells if c.flagged_controls]
+    if flagged:
+        lines.append(f"{len(flagged)} of {len(all_cells)} cells are flagged (a control in the top group or beating a real method) "
+                     "and left out of the count: " + "; ".join(sorted({c.label for c in flagged}, key=str)))
+    if len(compare) == 2 and not paired.empty:
+        counts_table = win_counts(paired)
+        a, b = sorted(compare)
+        for row in counts_table[(counts_table["method_a"] == a) & (counts_table["method_b"] == b)].itertuples():
+            first_is_a = compare[0] == a
+            higher, significant = (row.a_higher, row.a_significant) if first_is_a else (row.b_higher, row.b_significant)
+            label = setting_label(row.metric, row.parameter_value, "")
+            lines.append(f"{title(compare[0])} prevails over {title(compare[1])} by {label} in {higher}/{row.cells} models "
+                         f"(significant in {significant}/{row.cells})")
+    return lines

@@ -1,0 +1,137 @@
+"""The verdict, win counts and study-layout tables from hand-built score tables (docs/statistics.md)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from camfaith import aggregate, paired, verdict
+
+
+def long_scores(effects: dict[str, float], images: int = 40, seed: int = 0, model: str = "m1", metric: str = "aopc",
+                noise: float = 0.05) -> pd.DataFrame:
+    """Per-image rows of one cell: method → mean score; every method sees the same image effect."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.3, 0.1, images)
+    rows = []
+    for method, effect in effects.items():
+        values = base + effect + rng.normal(0, noise, images)
+        for i, value in enumerate(values):
+            rows.append({"dataset": "d", "model": model, "method": method, "metric": metric, "protocol": "default",
+                         "image_id": f"img{i:03d}", "label": 0, "target": 0, "prediction": 0,
+                         "parameter": "region_px" if metric == "aopc" else "radius", "parameter_value": 8.0,
+                         "quantity": metric, "step": None, "value": value})
+            rows.append({**rows[-1], "quantity": "map_zero", "parameter": "none", "parameter_value": np.nan,
+                         "value": float(method == "gradcampp" and i < 5)})
+    return pd.DataFrame(rows)
+
+
+def tables(scores: pd.DataFrame):
+    tests = aggregate.paired_tests(scores, seed=0)
+    summary = aggregate.summary_table(scores, 0, tests)
+    summary["grid"] = "8x8"
+    return summary, tests
+
+
+CLASSIFICATION = pd.DataFrame([{"dataset": "d", "model": "m1", "balanced_accuracy": 0.9, "mean_auc": 0.95, "accuracy": 0.9},
+                               {"dataset": "d", "model": "m2", "balanced_accuracy": 0.8, "mean_auc": 0.9, "accuracy": 0.8}])
+
+
+def test_pair_sentence_says_who_is_more_faithful_with_the_interval_and_holm_p():
+    summary, tests = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.2}))
+    cell = verdict.cells(summary, tests)[0]
+    sentence = verdict.pair_sentence(cell, "hirescam", "gradcam")
+    assert sentence.startswith("HiResCAM is more faithful than Grad-CAM by AOPC on 8x8 regions (8 px): +0.")
+    assert "p_Holm" in sentence
+    # asked the other way round, the numbers are negated and the winner still named first
+    reverse = verdict.pair_sentence(cell, "gradcam", "hirescam")
+    assert reverse.startswith("HiResCAM is more faithful than Grad-CAM") and "Grad-CAM − HiResCAM = -0." in reverse
+
+
+def test_pair_sentence_cannot_tell_apart_identical_methods():
+    summary, tests = tables(long_scores({"hirescam": 0.0, "gradcam": 0.0}, noise=0.02))
+    sentence = verdict.pair_sentence(verdict.cells(summary, tests)[0], "hirescam", "gradcam")
+    assert "cannot tell them apart" in sentence
+
+
+def test_top_group_and_a_control_in_it_flags_the_setting():
+    summary, tests = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.3}))
+    good = verdict.cells(summary, tests)[0]
+    assert good.top_group == ["hirescam"] and good.flagged_controls == []
+    summary, tests = tables(long_scores({"hirescam": 0.0, "gradcam": -0.1, "centre": 0.2}))
+    bad = verdict.cells(summary, tests)[0]
+    assert bad.flagged_controls == ["centre"]
+    assert any("does not rank the control(s) Centre" in note for note in verdict.caveats(bad))
+
+
+def test_degenerate_maps_are_a_caveat_with_their_count():
+    summary, tests = tables(long_scores({"hirescam": 0.1, "gradcampp": 0.0}))
+    notes = verdict.caveats(verdict.cells(summary, tests)[0])
+    assert "Grad-CAM++: of the 40 maps AOPC scored, 5 all zero after ReLU" in notes
+
+
+def test_win_counts_count_higher_means_and_significant_wins_per_setting():
+    scores = pd.concat([long_scores({"hirescam": 0.1, "gradcam": 0.0}, model="m1"),
+                        long_scores({"hirescam": 0.005, "gradcam": 0.0}, model="m2", seed=1, noise=0.2)])
+    _, tests = tables(scores)
+    counts = verdict.win_counts(tests)
+    row = counts[(counts["method_a"] == "gradcam") & (counts["method_b"] == "hirescam")].iloc[0]
+    assert row["cells"] == 2 and row["b_significant"] == 1 and row["a_significant"] == 0
+    assert row["b_higher"] + row["a_higher"] == 2
+
+
+def test_verdict_names_every_model_and_recommends_the_method_that_wins():
+    scores = pd.concat([long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.3}, model=m, seed=i) for i, m in enumerate(["m1", "m2"])])
+    summary, tests = tables(scores)
+    result = verdict.build(summary, tests, CLASSIFICATION, ["hirescam", "gradcam"])
+    text = result.markdown()
+    assert "## d / m1 (test balanced accuracy 0.900)" in text and "## d / m2 (test balanced accuracy 0.800)" in text
+    assert "HiResCAM is in the top group of 2 of 2 cells" in text
+    assert "HiResCAM prevails over Grad-CAM by AOPC on 8 px regions in 2/2 models (significant in 2/2)" in text
+    rst = result.rst()
+    assert rst.startswith("Verdict\n=======") and "Recommendation\n--------------" in rst
+
+
+def test_study_table_has_a_row_per_model_and_a_column_per_setting_and_method():
+    scores = pd.concat([long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.3}, model=m, seed=i) for i, m in enumerate(["m1", "m2"])])
+    summary, _ = tables(scores)
+    table = aggregate.study_table(summary, "aopc")
+    assert list(table.index) == [("d", "m1"), ("d", "m2")]
+    assert list(table.columns) == [("8x8 (8 px)", "Grad-CAM"), ("8x8 (8 px)", "HiResCAM"), ("8x8 (8 px)", "Random (control)")]
+    assert table.loc[("d", "m1"), ("8x8 (8 px)", "HiResCAM")].endswith("*")
+    assert not table.loc[("d", "m1"), ("8x8 (8 px)", "Grad-CAM")].endswith("*")
+    latex = aggregate.study_latex(table, "AOPC", "tab:aopc")
+    assert "\\toprule" in latex and "\\bottomrule" in latex and "\\textbf{" in latex
+
+
+# ---------- group-level procedures ----------
+
+
+def test_group_means_and_clusters():
+    assert paired.group_means(np.array([1.0, 3.0, 5.0]), np.array(["b", "a", "b"])).tolist() == [3.0, 3.0]
+    assert paired.has_clusters(np.array(["a", "a", "b"])) and not paired.has_clusters(np.array(["a", "b"]))
+    assert not paired.has_clusters(None)
+
+
+def test_paired_test_counts_patients_not_images_when_images_share_a_patient():
+    scores = long_scores({"hirescam": 0.1, "gradcam": 0.0}, images=40)
+    groups = {("d", f"img{i:03d}"): f"patient{i // 4}" for i in range(40)}  # 10 patients of 4 images
+    grouped = aggregate.paired_tests(scores, seed=0, groups=groups).iloc[0]
+    alone = aggregate.paired_tests(scores, seed=0).iloc[0]
+    assert grouped["test"] == "wilcoxon_pratt_groups" and grouped["n_units"] == 10 and grouped["n_pairs"] == 40
+    assert alone["test"] == "wilcoxon_pratt" and alone["n_units"] == 40
+    # 10 units cannot give the evidence 40 independent ones do
+    assert grouped["p_value"] > alone["p_value"]
+
+
+def test_ratio_interval_hand_cases():
+    # every unit has the same ratio: the interval collapses onto it
+    low, high = paired.bootstrap_ratio_interval(np.array([1, 2, 3, 4.0]), np.array([2, 4, 6, 8.0]), seed=0)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    numerator = np.array([1, 0, 1, 1, 0, 1, 1, 1.0] * 5)
+    denominator = np.ones_like(numerator)
+    narrow = paired.bootstrap_ratio_interval(numerator, denominator, seed=0)
+    # the same values in 4 groups of 10 identical images: fewer units, a wider interval
+    groups = np.repeat(np.arange(4), 10)
+    clustered = paired.bootstrap_ratio_interval(np.sort(numerator), denominator, groups, seed=0)
+    assert clustered[1] - clustered[0] > narrow[1] - narrow[0]
+    assert np.isnan(paired.bootstrap_ratio_interval(np.array([1.0]), np.array([1.0]))[0])
