@@ -101,21 +101,11 @@ def test_thesis_maps_equal_pytorch_grad_cams_output(name):
     pytest.importorskip("cv2")
     library = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from torch import nn
+    from test_explainers import random_model
 
     from camfaith import explainers
-    from camfaith.models import ModelSpec, build_model, resolve_layer
 
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, head="flatten", cut_after="layer2", plain_last_block=True))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.3, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-                module.bias.normal_(0, 0.2)
-    model.eval()
-    layer = resolve_layer(model, None)[1]
+    model, layer = random_model("resnet18", frozen=False, cut_after="layer2", plain_last_block=True)  # the library needs gradients
     images, targets = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
     cls = {"gradcam": library.GradCAM, "hirescam": library.HiResCAM}[name]
     with cls(model=model, target_layers=[layer]) as cam:
