@@ -256,18 +256,18 @@ fi
 run_s=$((SECONDS - started))
 
 missing=()
-for file in results/aggregate/tables/{summary.csv,paired_tests.csv,classification.md,aopc.md,max_sensitivity.md,haas.md} \
-            results/aggregate/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf} \
-            results/aggregate/figures/overlays/synthetic/tinyres.{png,pdf} \
+for file in results/aggregate/default/tables/{summary.csv,paired_tests.csv,classification.md,aopc.md,max_sensitivity.md,haas.md} \
+            results/aggregate/default/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf} \
+            results/aggregate/default/figures/overlays/synthetic/tinyres.{png,pdf} results/aggregate/verdict.md \
             logs/train/synthetic/tinyres.log; do
   [[ -s $OUT/$file ]] || missing+=("$file")
 done
 ((${#missing[@]} == 0)) || fail "missing on the host: ${missing[*]}"
 compgen -G "$OUT/benchmarks/train/*/*.tsv" >/dev/null || fail "no benchmark files on the host"
-owner=$(stat -c %u "$OUT/results/aggregate/tables/summary.csv")
+owner=$(stat -c %u "$OUT/results/aggregate/default/tables/summary.csv")
 [[ $owner == "$RUN_UID" ]] || fail "summary.csv belongs to uid $owner, not $RUN_UID"
 methods=$(python3 -c 'import csv, sys; print(" ".join(sorted({r["method"] for r in csv.DictReader(open(sys.argv[1]))})))' \
-  "$OUT/results/aggregate/tables/summary.csv")
+  "$OUT/results/aggregate/default/tables/summary.csv")
 # the methods of tests/tiny_config.yaml (tinyres: 5, tinygap: cam and two shared ones), sorted
 [[ $methods == "cam gradcam hirescam integrated_gradients random scorecam" ]] || fail "summary.csv has methods '$methods'"
 say "workflow ran in ${run_s} s as uid $RUN_UID; tables, figures, logs and benchmarks are on the host"

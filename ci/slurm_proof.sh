@@ -228,9 +228,10 @@ say "workflow done in $((SECONDS - t0))s"
 # --- every final output of the tiny config (rule all: tables, figures, overlays); then snakemake
 # itself, asked again in the same folder, must find nothing left to do: every score file the plan
 # holds (each model's methods × metrics, less skip_methods) exists and is up to date.
-expected=(results/aggregate/tables/{classification.csv,classification.md,summary.csv,paired_tests.csv,aopc.md,max_sensitivity.md,haas.md}
-  results/aggregate/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf}
-  results/aggregate/figures/overlays/synthetic/{tinyres,tinygap}.{png,pdf})
+expected=(results/aggregate/default/tables/{classification.csv,classification.md,summary.csv,paired_tests.csv,aopc.md,max_sensitivity.md,haas.md}
+  results/aggregate/default/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf}
+  results/aggregate/default/figures/overlays/synthetic/{tinyres,tinygap}.{png,pdf}
+  results/aggregate/{verdict.md,protocols.md})
 for file in "${expected[@]}"; do [[ -s $WORK/run/$file ]] || fail "missing output $file"; done
 (cd "$ROOT" && python -m snakemake -n --snakefile "$ROOT/Snakefile" --directory "$WORK/run" \
   --configfile "$ROOT/tests/tiny_config.yaml") >"$WORK/log/dry_run.log" 2>&1 || fail "snakemake -n after the run"

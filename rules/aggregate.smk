@@ -1,32 +1,36 @@
 rule tables:
     input:
-        scores=score_files(),
+        scores=protocol_score_files,
         evaluations=test_scores(),
         indexes=index_files(),
     output:
-        classification_csv=report("results/aggregate/tables/classification.csv", category="Tables", labels={"table": "classification"}),
-        classification_md="results/aggregate/tables/classification.md",
-        summary_csv=report("results/aggregate/tables/summary.csv", category="Tables", labels={"table": "faithfulness summary"}),
-        paired_csv=report("results/aggregate/tables/paired_tests.csv", category="Tables", labels={"table": "paired tests"}),
-        aopc_md="results/aggregate/tables/aopc.md",
-        max_sensitivity_md="results/aggregate/tables/max_sensitivity.md",
-        haas_md="results/aggregate/tables/haas.md",
-        friedman_csv=report("results/aggregate/tables/friedman.csv", category="Tables", labels={"table": "Friedman and mean ranks"}),
-        win_counts_csv=report("results/aggregate/tables/win_counts.csv", category="Tables", labels={"table": "win counts"}),
-        study_md="results/aggregate/tables/study_tables.md",
-        study_tex="results/aggregate/tables/study_tables.tex",
-        study_html=report("results/aggregate/tables/study_tables.html", category="Tables", labels={"table": "AOPC, Max-Sensitivity, HAAS"}),
-        verdict_md="results/aggregate/verdict.md",
-        verdict_rst="results/aggregate/verdict.rst",
+        classification_csv=table_in_report("results/aggregate/{protocol}/tables/classification.csv", "classification"),
+        classification_md="results/aggregate/{protocol}/tables/classification.md",
+        summary_csv=table_in_report("results/aggregate/{protocol}/tables/summary.csv", "faithfulness summary"),
+        paired_csv=table_in_report("results/aggregate/{protocol}/tables/paired_tests.csv", "paired tests"),
+        aopc_md="results/aggregate/{protocol}/tables/aopc.md",
+        max_sensitivity_md="results/aggregate/{protocol}/tables/max_sensitivity.md",
+        haas_md="results/aggregate/{protocol}/tables/haas.md",
+        friedman_csv=table_in_report("results/aggregate/{protocol}/tables/friedman.csv", "Friedman and mean ranks"),
+        win_counts_csv=table_in_report("results/aggregate/{protocol}/tables/win_counts.csv", "win counts"),
+        seeds_csv=table_in_report("results/aggregate/{protocol}/tables/seeds.csv", "across training seeds"),
+        seeds_md="results/aggregate/{protocol}/tables/seeds.md",
+        study_md="results/aggregate/{protocol}/tables/study_tables.md",
+        study_tex="results/aggregate/{protocol}/tables/study_tables.tex",
+        study_html=table_in_report("results/aggregate/{protocol}/tables/study_tables.html", "AOPC, Max-Sensitivity, HAAS"),
+        verdict_md="results/aggregate/{protocol}/verdict.md",
+        verdict_rst="results/aggregate/{protocol}/verdict.rst",
     params:
         aggregate={"seed": config["seed"], "compare": config["aggregate"].get("compare")},
+        protocol=lambda wildcards: wildcards.protocol,
+        replicates=PLAN.replicates,
         identities=identities(),
         skipped=skipped_scores(),
         datasets=list(config["datasets"]),
     log:
-        "logs/aggregate/tables.log",
+        "logs/aggregate/{protocol}/tables.log",
     benchmark:
-        "benchmarks/aggregate/tables.tsv"
+        "benchmarks/aggregate/{protocol}/tables.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -36,31 +40,28 @@ rule tables:
 
 rule figures:
     input:
-        scores=score_files(),
-        summary="results/aggregate/tables/summary.csv",
-        classification="results/aggregate/tables/classification.csv",
-        friedman="results/aggregate/tables/friedman.csv",
+        scores=protocol_score_files,
+        summary="results/aggregate/{protocol}/tables/summary.csv",
+        classification="results/aggregate/{protocol}/tables/classification.csv",
+        friedman="results/aggregate/{protocol}/tables/friedman.csv",
     output:
-        morf_png=report("results/aggregate/figures/morf_curves.png", caption="../report/captions/morf_curves.rst", category="Figures",
-                        labels={"figure": "MoRF curves"}),
-        morf_pdf="results/aggregate/figures/morf_curves.pdf",
-        sensitivity_png=report("results/aggregate/figures/max_sensitivity.png", caption="../report/captions/max_sensitivity.rst",
-                               category="Figures", labels={"figure": "Max-Sensitivity"}),
-        sensitivity_pdf="results/aggregate/figures/max_sensitivity.pdf",
-        accuracy_png=report("results/aggregate/figures/accuracy_vs_aopc.png", caption="../report/captions/accuracy_vs_aopc.rst",
-                            category="Figures", labels={"figure": "accuracy vs AOPC"}),
-        accuracy_pdf="results/aggregate/figures/accuracy_vs_aopc.pdf",
-        accuracy_sensitivity_png=report("results/aggregate/figures/accuracy_vs_max_sensitivity.png",
-                                        caption="../report/captions/accuracy_vs_max_sensitivity.rst", category="Figures",
-                                        labels={"figure": "accuracy vs Max-Sensitivity"}),
-        accuracy_sensitivity_pdf="results/aggregate/figures/accuracy_vs_max_sensitivity.pdf",
-        critical_difference_png=report("results/aggregate/figures/critical_difference.png", caption="../report/captions/critical_difference.rst",
-                                       category="Figures", labels={"figure": "critical difference"}),
-        critical_difference_pdf="results/aggregate/figures/critical_difference.pdf",
+        morf_png=figure_in_report("results/aggregate/{protocol}/figures/morf_curves.png", "morf_curves", "MoRF curves"),
+        morf_pdf="results/aggregate/{protocol}/figures/morf_curves.pdf",
+        running_aopc_png=figure_in_report("results/aggregate/{protocol}/figures/running_aopc.png", "running_aopc", "running AOPC"),
+        running_aopc_pdf="results/aggregate/{protocol}/figures/running_aopc.pdf",
+        sensitivity_png=figure_in_report("results/aggregate/{protocol}/figures/max_sensitivity.png", "max_sensitivity", "Max-Sensitivity"),
+        sensitivity_pdf="results/aggregate/{protocol}/figures/max_sensitivity.pdf",
+        accuracy_png=figure_in_report("results/aggregate/{protocol}/figures/accuracy_vs_aopc.png", "accuracy_vs_aopc", "accuracy vs AOPC"),
+        accuracy_pdf="results/aggregate/{protocol}/figures/accuracy_vs_aopc.pdf",
+        accuracy_sensitivity_png=figure_in_report("results/aggregate/{protocol}/figures/accuracy_vs_max_sensitivity.png", "accuracy_vs_max_sensitivity",
+                                                  "accuracy vs Max-Sensitivity"),
+        accuracy_sensitivity_pdf="results/aggregate/{protocol}/figures/accuracy_vs_max_sensitivity.pdf",
+        critical_difference_png=figure_in_report("results/aggregate/{protocol}/figures/critical_difference.png", "critical_difference", "critical difference"),
+        critical_difference_pdf="results/aggregate/{protocol}/figures/critical_difference.pdf",
     log:
-        "logs/aggregate/figures.log",
+        "logs/aggregate/{protocol}/figures.log",
     benchmark:
-        "benchmarks/aggregate/figures.tsv"
+        "benchmarks/aggregate/{protocol}/figures.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -72,15 +73,16 @@ rule overlays:
     input:
         unpack(overlay_inputs),
     output:
-        png=report("results/aggregate/figures/overlays/{dataset}/{model}.png", caption="../report/captions/overlays.rst", category="Overlays",
-                   labels={"dataset": "{dataset}", "model": "{model}"}),
-        pdf="results/aggregate/figures/overlays/{dataset}/{model}.pdf",
+        png=overlay_in_report("results/aggregate/{protocol}/figures/overlays/{dataset}/{model}.png", "overlays", "examples"),
+        pdf="results/aggregate/{protocol}/figures/overlays/{dataset}/{model}.pdf",
+        disagreement_png=overlay_in_report("results/aggregate/{protocol}/figures/disagreement/{dataset}/{model}.png", "disagreement", "disagreement"),
+        disagreement_pdf="results/aggregate/{protocol}/figures/disagreement/{dataset}/{model}.pdf",
     params:
         overlay=overlay_params,
     log:
-        "logs/aggregate/overlays/{dataset}/{model}.log",
+        "logs/aggregate/{protocol}/overlays/{dataset}/{model}.log",
     benchmark:
-        "benchmarks/aggregate/overlays/{dataset}/{model}.tsv"
+        "benchmarks/aggregate/{protocol}/overlays/{dataset}/{model}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -88,19 +90,42 @@ rule overlays:
         "../workflow/scripts/overlays.py"
 
 
+rule verdict:
+    input:
+        verdicts_md=expand("results/aggregate/{protocol}/verdict.md", protocol=protocols()),
+        verdicts_rst=expand("results/aggregate/{protocol}/verdict.rst", protocol=protocols()),
+        paired=expand("results/aggregate/{protocol}/tables/paired_tests.csv", protocol=protocols()),
+    output:
+        verdict_md="results/aggregate/verdict.md",
+        verdict_rst="results/aggregate/verdict.rst",
+        protocols_csv=report("results/aggregate/protocols.csv", category="Tables", labels={"table": "protocols compared"}),
+        protocols_md="results/aggregate/protocols.md",
+    params:
+        protocols=protocols(),
+    log:
+        "logs/aggregate/verdict.log",
+    benchmark:
+        "benchmarks/aggregate/verdict.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/verdict.py"
+
+
 rule sweep_table:
     input:
-        summary="results/aggregate/tables/summary.csv",
-        classification="results/aggregate/tables/classification.csv",
+        summary="results/aggregate/{protocol}/tables/summary.csv",
+        classification="results/aggregate/{protocol}/tables/classification.csv",
     output:
-        csv=report("results/aggregate/tables/haas_sweep.csv", category="Tables", labels={"table": "HAAS sweep extremes"}),
-        md="results/aggregate/tables/haas_sweep.md",
+        csv=table_in_report("results/aggregate/{protocol}/tables/haas_sweep.csv", "HAAS sweep extremes"),
+        md="results/aggregate/{protocol}/tables/haas_sweep.md",
     params:
         sweep=sweep_params(),
     log:
-        "logs/aggregate/sweep_table.log",
+        "logs/aggregate/{protocol}/sweep_table.log",
     benchmark:
-        "benchmarks/aggregate/sweep_table.tsv"
+        "benchmarks/aggregate/{protocol}/sweep_table.tsv"
     resources:
         mem_mb=1000,
         runtime=10,

@@ -2,8 +2,9 @@
 # (methods of each model, metrics, skips, grid members) is PLAN, which the Snakefile assigns from
 # prepare_config(); camfaith.configuration holds the logic.
 import copy
+from pathlib import Path
 
-from camfaith import configuration, explainers, sweep
+from camfaith import configuration, explainers, metrics, sweep
 from camfaith.io import software_fingerprint
 from camfaith.data import registry
 
@@ -23,6 +24,19 @@ def prepare_config():
 def method_pattern():
     """The explain and score rules' ``method`` wildcard: a name of the explainer registry."""
     return "|".join(explainers.names())
+
+
+def metric_pattern():
+    return "|".join(metrics.METRICS)
+
+
+def protocol_pattern():
+    return "|".join(metrics.PROTOCOLS)
+
+
+def protocols():
+    """The protocols this run scores and aggregates, in config order (``protocol: [default, thesis]``)."""
+    return list(PLAN.protocols)
 
 
 def dataset_models():
@@ -47,14 +61,23 @@ def test_scores():
     return [f for dataset, model in dataset_models() for f in expand("results/evaluate/{dataset}/{model}/test_scores.parquet", dataset=dataset, model=model)]
 
 
-def score_files():
-    """Every score file of the plan: each metric on each method of each model, but the skipped ones."""
+def model_score_files(protocol, dataset, model):
+    """The score files of one model under one protocol: each metric on each of its methods, but the skipped ones."""
     return [
         f
-        for dataset, model in dataset_models()
         for metric in enabled_metrics()
-        for f in expand("results/score/{dataset}/{model}/{method}/{metric}.parquet", dataset=dataset, model=model, method=PLAN.scored(dataset, model, metric), metric=metric)
+        for f in expand("results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet", protocol=protocol, dataset=dataset, model=model,
+                        method=PLAN.scored(dataset, model, metric), metric=metric)
     ]
+
+
+def score_files(protocol):
+    """Every score file of one protocol, model by model in config order."""
+    return [f for dataset, model in dataset_models() for f in model_score_files(protocol, dataset, model)]
+
+
+def protocol_score_files(wildcards):
+    return score_files(wildcards.protocol)
 
 
 def skipped_scores():
@@ -62,17 +85,39 @@ def skipped_scores():
     return [skip.as_dict() for skip in PLAN.skips]
 
 
-def overlay_figures(extension):
-    return [f for dataset, model in dataset_models() for f in expand("results/aggregate/figures/overlays/{dataset}/{model}.{ext}", dataset=dataset, model=model, ext=extension)]
+def table_in_report(path, label):
+    """A table of one protocol, as the report lists it (Tables, a subcategory per protocol)."""
+    return report(path, category="Tables", subcategory="{protocol} protocol", labels={"table": label})
+
+
+def figure_in_report(path, caption, label):
+    """A figure of one protocol with its caption (``report/captions/<caption>.rst``), as the report lists it."""
+    return report(path, caption=f"../report/captions/{caption}.rst", category="Figures", subcategory="{protocol} protocol", labels={"figure": label})
+
+
+def overlay_in_report(path, caption, label):
+    """An overlay figure of one protocol, dataset and model, as the report lists it (Overlays)."""
+    return report(path, caption=f"../report/captions/{caption}.rst", category="Overlays", subcategory="{protocol} protocol",
+                  labels={"dataset": "{dataset}", "model": "{model}", "figure": label})
+
+
+def per_protocol(paths):
+    """``paths`` (patterns with a ``{protocol}`` field, e.g. a rule's output) for every protocol of the run."""
+    return [f for path in paths for f in expand(path, protocol=protocols())]
+
+
+def overlay_figures():
+    """The example and disagreement overlays of every model, for every protocol, PNG and PDF."""
+    return [f for dataset, model in dataset_models() for f in expand(list(rules.overlays.output), protocol=protocols(), dataset=dataset, model=model)]
 
 
 def sweep_outputs():
-    """The min/max HAAS table, when a model grid is configured and HAAS is enabled."""
-    return list(rules.sweep_table.output) if PLAN.grid_members and "haas" in enabled_metrics() else []
+    """The min/max HAAS table of every protocol, when a model grid is configured and HAAS is enabled."""
+    return per_protocol(rules.sweep_table.output) if PLAN.grid_members and "haas" in enabled_metrics() else []
 
 
 def final_outputs():
-    return rules.tables.output + rules.figures.output + overlay_figures(["png", "pdf"]) + sweep_outputs()
+    return per_protocol(rules.tables.output) + per_protocol(rules.figures.output) + overlay_figures() + list(rules.verdict.output) + sweep_outputs()
 
 
 def torch_threads():
@@ -138,10 +183,11 @@ def explain_params(wildcards):
     shared = {key: value for key, value in config["explain"].items() if key != "methods"}
     settings = PLAN.methods[(wildcards.dataset, wildcards.model)][wildcards.method]
     params = {**shared, "settings": settings.as_dict(), "device": config["device"]}
-    if config["protocol"] == "thesis" and USES_GPU:
-        # The study computed in float32: no autocast on CUDA, whatever explain.amp says. Without CUDA
-        # autocast never applies (the maps are the same), so the param stays as configured there and
-        # switching the protocol on a CPU machine re-runs only the score jobs.
+    if "thesis" in PLAN.protocols and USES_GPU:
+        # The study computed in float32: no autocast on CUDA, whatever explain.amp says. The maps are
+        # shared by the protocols of a run, so with both protocols the default one scores float32 maps
+        # too. Without CUDA autocast never applies (the maps are the same), so the param stays as
+        # configured there and adding the thesis protocol on a CPU machine adds only score jobs.
         params["amp"] = False
     if explainers.get(wildcards.method).stochastic:
         params["seed"] = config["seed"]
@@ -154,7 +200,7 @@ def score_params(wildcards):
     the key is left out where a dataset has none, so other datasets' params (and jobs) stay as they were."""
     # enabled and skip_methods decide which jobs exist, not what one computes
     settings = {key: value for key, value in config["metrics"][wildcards.metric].items() if key not in ("enabled", "skip_methods")}
-    params = {"settings": copy.deepcopy(settings), "protocol": config["protocol"], "seed": config["seed"], "device": config["device"]}
+    params = {"settings": copy.deepcopy(settings), "protocol": wildcards.protocol, "seed": config["seed"], "device": config["device"]}
     overrides = (config["datasets"][wildcards.dataset].get("metrics") or {}).get(wildcards.metric)
     if overrides:
         params["overrides"] = copy.deepcopy(overrides)
@@ -172,17 +218,26 @@ def score_mem_mb(wildcards):
     return 8000 if budget is None else int(budget) + TORCH_JOB_OVERHEAD_MB
 
 
+# The metrics whose per-image scores the overlay panels show (camfaith.plots.PANEL_SCORES, without
+# importing matplotlib here; tests/test_workflow.py checks the two agree): a HAAS edit redraws no overlay.
+OVERLAY_METRICS = ("aopc", "max_sensitivity")
+
+
 def overlay_params(wildcards):
+    """The overlay figures' settings: examples per figure, input size, the model's methods and the pair
+    whose per-image disagreement the second figure shows (``aggregate.compare``)."""
     return {"examples": config["aggregate"]["examples"], "image_size": config["datasets"][wildcards.dataset]["preprocessing"]["image_size"],
-            "methods": model_methods(wildcards.dataset, wildcards.model)}
+            "methods": model_methods(wildcards.dataset, wildcards.model), "compare": config["aggregate"].get("compare")}
 
 
 def overlay_inputs(wildcards):
-    """Named inputs of an overlay figure: ``maps_<method>`` for every method of the model, plus images and index."""
+    """Named inputs of the overlay figures: ``maps_<method>`` for every method of the model, its score
+    files under this protocol (each panel shows the image's scores), images and index."""
     methods = model_methods(wildcards.dataset, wildcards.model)
     maps = expand("results/explain/{dataset}/{model}/{method}.h5", dataset=wildcards.dataset, model=wildcards.model, method=methods)
     named = {f"maps_{method}": path for method, path in zip(methods, maps)}
-    return {**named, "raw": f"results/download/{wildcards.dataset}", "index": f"results/index/{wildcards.dataset}/index.parquet"}
+    scores = [f for f in model_score_files(wildcards.protocol, wildcards.dataset, wildcards.model) if Path(f).stem in OVERLAY_METRICS]
+    return {**named, "scores": scores, "raw": f"results/download/{wildcards.dataset}", "index": f"results/index/{wildcards.dataset}/index.parquet"}
 
 
 def sweep_params():

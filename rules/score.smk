@@ -1,5 +1,6 @@
 wildcard_constraints:
-    metric="aopc|max_sensitivity|haas",
+    metric=metric_pattern(),
+    protocol=protocol_pattern(),
 
 
 rule score:
@@ -10,14 +11,14 @@ rule score:
         model="results/train/{dataset}/{model}/model.pt",
         maps="results/explain/{dataset}/{model}/{method}.h5",
     output:
-        scores="results/score/{dataset}/{model}/{method}/{metric}.parquet",
+        scores="results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet",
     params:
         software=SOFTWARE,
         score=score_params,
     log:
-        "logs/score/{dataset}/{model}/{method}/{metric}.log",
+        "logs/score/{protocol}/{dataset}/{model}/{method}/{metric}.log",
     benchmark:
-        "benchmarks/score/{dataset}/{model}/{method}/{metric}.tsv"
+        "benchmarks/score/{protocol}/{dataset}/{model}/{method}/{metric}.tsv"
     threads: torch_threads()
     resources:
         mem_mb=score_mem_mb,

@@ -69,9 +69,13 @@ def test_markdown_has_a_section_per_model_a_row_per_method_and_bolds_the_winner(
     text = aggregate.markdown_by_model(table, "aopc", "method", skipped)
     lines = text.splitlines()
     assert lines[0] == "## d / m"
-    assert lines[2] == "| method | 16 px (4x4) | 8 px (8x8) |"  # the coarsest grid first, as in the study
+    assert lines[2] == "| method | 16 px (4x4) | 8 px (8x8) | images |"  # the coarsest grid first, as in the study
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[4:]}
     assert list(rows) == ["Grad-CAM", "HiResCAM", "Score-CAM", "Random (control)"]  # registry order, controls last
     assert rows["HiResCAM"][0].startswith("**0.55") and not rows["Grad-CAM"][0].startswith("**")
-    assert rows["Score-CAM"] == ["not run: left out because", ""]
+    assert rows["Score-CAM"] == ["not run: left out because", "", ""]
+    assert rows["Grad-CAM"][2] == "2 scored"  # what the row rests on
+    table.loc[table["method"] == "gradcam", ["n_left_out", "n_degenerate", "tied_share"]] = [3, 1, 0.5]
+    gradcam = next(line for line in aggregate.markdown_by_model(table, "aopc", "method").splitlines() if line.startswith("| Grad-CAM"))
+    assert gradcam.endswith("| 2 scored; 3 left out; 1 degenerate; tied 50 %/50 % |")
     assert aggregate.markdown_by_model(table, "haas", "method") == "not run\n"

@@ -1,7 +1,8 @@
-"""The study's experiments as configs, and model grids: expansion, planning, and the min/max HAAS table."""
+"""The study's experiments as configs, model grids (expansion, planning, the min/max HAAS table) and training-seed replicates."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -49,7 +50,7 @@ def test_extremes_pick_the_highest_and_lowest_haas_member_with_its_hyperparamete
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("experiment, expected", [
-    ("thesis", {"download": 4, "index": 4, "split": 4, "train": 8, "evaluate": 8, "explain": 16, "score": 48, "overlays": 8}),
+    ("thesis", {"download": 4, "index": 4, "split": 4, "train": 8, "evaluate": 8, "explain": 16, "score": 48, "overlays": 8, "verdict": 1}),
     ("haas_sweep", {"download": 3, "train": 48, "explain": 48, "score": 48, "sweep_table": 1}),
     ("retinopathy", {"download": 1, "train": 2, "explain": 6, "score": 18}),
 ])
@@ -83,10 +84,83 @@ def test_a_grid_runs_end_to_end_to_the_min_max_haas_table(tmp_path):
         config["metrics"]["max_sensitivity"]["enabled"] = False
 
     snakemake(tmp_path, "--cores", "2", "--configfile", str(write_config(tmp_path / "config.yaml", grid)))
-    table = pd.read_csv(tmp_path / "results" / "aggregate" / "tables" / "haas_sweep.csv")
+    table = pd.read_csv(tmp_path / "results" / "aggregate" / "default" / "tables" / "haas_sweep.csv")
     assert sorted(table["extreme"]) == ["max", "min"] and set(table["grid"]) == {"tinyres"}
     assert set(table["model"]) <= {"tinyres-no01", "tinyres-no02"} and set(table["members"]) == {2}
-    summary = pd.read_csv(tmp_path / "results" / "aggregate" / "tables" / "summary.csv")
+    summary = pd.read_csv(tmp_path / "results" / "aggregate" / "default" / "tables" / "summary.csv")
     haas = summary[summary["metric"] == "haas"].set_index("model")["mean"]
     assert table.set_index("extreme").loc["max", "haas"] == haas.max()
-    assert (tmp_path / "results" / "aggregate" / "tables" / "haas_sweep.md").read_text().startswith("# HAAS over each hyperparameter grid")
+    assert (tmp_path / "results" / "aggregate" / "default" / "tables" / "haas_sweep.md").read_text().startswith("# HAAS over each hyperparameter grid")
+
+
+# --- training-seed replicates ----------------------------------------------------------------------
+
+def test_training_seeds_become_one_model_per_seed_that_differs_only_in_its_seed():
+    entry = {"model": {"arch": "resnet18"}, "training": {"epochs": 3, "seed": 7, "seeds": [0, 1, 2]}, "methods": ["gradcam"]}
+    models, replicates = sweep.expand_seeds({"d": {"r": entry, "plain": {"model": {"arch": "vgg11"}, "training": {"seed": 0}}}})
+    assert list(models["d"]) == ["r-seed0", "r-seed1", "r-seed2", "plain"]
+    assert [models["d"][f"r-seed{s}"]["training"] for s in (0, 1, 2)] == [{"epochs": 3, "seed": s} for s in (0, 1, 2)]
+    assert models["d"]["r-seed1"]["methods"] == ["gradcam"] and "seeds" in entry["training"]  # the input is left as it was
+    assert replicates == {"d": {f"r-seed{s}": {"replicate_of": "r", "seed": s} for s in (0, 1, 2)}}
+    with pytest.raises(ValueError, match="'r-seed0' collides"):
+        sweep.expand_seeds({"d": {"r": entry, "r-seed0": {"model": {"arch": "vgg11"}}}})
+
+
+def test_a_grid_model_with_seeds_is_refused_naming_it(tmp_path):
+    def both(config):
+        entry = config["models"]["synthetic"]["tinyres"]
+        entry["grid"] = {"lr": [1.0e-3, 1.0e-4]}
+        entry["training"]["seeds"] = [0, 1]
+
+    result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", both)), check=False)
+    assert result.returncode != 0 and "models.synthetic.tinyres: a grid model cannot also have training.seeds" in result.stdout + result.stderr
+
+
+def test_seed_replicates_plan_a_model_each_and_one_seeds_table(tmp_path):
+    def seeds(config):
+        config["models"]["synthetic"]["tinygap"]["training"]["seeds"] = [0, 1, 2]
+
+    result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", seeds)))
+    jobs = planned_jobs(result.stdout)
+    assert (jobs["train"], jobs["explain"]) == (1 + 3, 5 + 3 * 3)  # tinyres, and tinygap once per seed
+    assert "results/train/synthetic/tinygap-seed2/model.pt" in result.stdout and "results/train/synthetic/tinygap/" not in result.stdout
+    assert "results/aggregate/default/tables/seeds.csv" in result.stdout
+
+
+def paired_rows(model: str, difference: float, better: str) -> list[dict]:
+    cell = {"dataset": "d", "model": model, "metric": "aopc", "parameter": "region_px", "parameter_value": 8.0}
+    return [{**cell, "method_a": "gradcam", "method_b": "hirescam", "mean_difference": difference, "better": better},
+            {**cell, "method_a": "gradcam", "method_b": "random", "mean_difference": 0.2, "better": "gradcam"}]
+
+
+def test_seeds_table_summarises_each_pairs_difference_over_the_seeds_with_a_t_interval():
+    from scipy import stats
+
+    from camfaith import aggregate
+
+    paired = pd.DataFrame(paired_rows("r-seed0", -0.01, "hirescam") + paired_rows("r-seed1", -0.03, "hirescam")
+                          + paired_rows("r-seed2", 0.01, "no difference") + paired_rows("other", 0.5, "gradcam"))
+    replicates = {"d": {f"r-seed{s}": {"replicate_of": "r", "seed": s} for s in range(3)}}
+    table = aggregate.seeds_table(paired, replicates)
+    assert set(table["model"]) == {"r"} and len(table) == 2  # "other" is not a replicate
+    row = table[table["method_b"] == "hirescam"].iloc[0]
+    assert row["seeds"] == 3 and row["mean_difference"] == pytest.approx(-0.01)
+    assert row["sd"] == pytest.approx(0.02)
+    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)  # 0.0497
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((-0.01 - half, -0.01 + half))
+    assert (row["a_better"], row["b_better"], row["no_difference"]) == (0, 2, 1)
+    random_row = table[table["method_b"] == "random"].iloc[0]
+    assert random_row["sd"] == pytest.approx(0.0) and random_row["a_better"] == 3
+    assert "## d / r (3 seeds)" in aggregate.seeds_markdown(table)
+    assert aggregate.seeds_table(paired, {}).empty and "No model has `training.seeds`" in aggregate.seeds_markdown(aggregate.seeds_table(paired, {}))
+
+
+def test_the_verdict_says_how_the_pair_fares_across_seeds():
+    from camfaith import aggregate, verdict
+
+    paired = pd.DataFrame(paired_rows("r-seed0", -0.01, "hirescam") + paired_rows("r-seed1", -0.03, "hirescam"))
+    table = aggregate.seeds_table(paired, {"d": {f"r-seed{s}": {"replicate_of": "r", "seed": s} for s in range(2)}})
+    (heading, sentences, _), = verdict.seed_sentences(table, ["hirescam", "gradcam"])
+    assert heading == "d / r across 2 training seeds"
+    assert sentences[0].startswith("AOPC on 8 px regions: HiResCAM − Grad-CAM = +0.020 [")
+    assert sentences[0].endswith("over 2 seeds (t-interval); HiResCAM significantly better in 2, Grad-CAM in 0, no difference in 0")

@@ -278,7 +278,7 @@ def test_weights_hash_is_reproducible_where_the_checkpoint_file_hash_is_not(tmp_
 
 # --- through Snakemake: kill -9, --unlock, rerun; two runs in two folders agree -----------------
 
-TARGETS = ("results/score/synthetic/tinyres/gradcam/aopc.parquet",)
+TARGETS = ("results/score/default/synthetic/tinyres/gradcam/aopc.parquet",)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ def rules_common(config: dict, uses_gpu: bool) -> dict:
     namespace = {"config": config, "USES_GPU": uses_gpu}
     exec(compile((ROOT / "rules" / "common.smk").read_text(), "rules/common.smk", "exec"), namespace)
     settings = SimpleNamespace(as_dict=lambda: {})
-    namespace["PLAN"] = SimpleNamespace(methods={(d, m): {"gradcam": settings} for d, models in config["models"].items() for m in models})
+    namespace["PLAN"] = SimpleNamespace(methods={(d, m): {"gradcam": settings} for d, models in config["models"].items() for m in models},
+                                        protocols=configuration.protocols(config["protocol"]))
     return namespace
 
 
@@ -161,10 +162,10 @@ def test_thesis_yaml_resolves_the_studys_haas_decimals_per_dataset():
         assert resolve("haas", haas, "thesis", overrides)["round_decimals"] == decimals, dataset
         # as the score rule passes it (rules/common.smk score_params) and pipeline.score resolves it
         model = next(iter(config["models"][dataset]))
-        params = common["score_params"](SimpleNamespace(dataset=dataset, model=model, method="gradcam", metric="haas"))
+        params = common["score_params"](SimpleNamespace(protocol="thesis", dataset=dataset, model=model, method="gradcam", metric="haas"))
         assert params["overrides"] == {"round_decimals": decimals}
         assert resolve("haas", params["settings"], params["protocol"], params.get("overrides"))["round_decimals"] == decimals
-        other = common["score_params"](SimpleNamespace(dataset=dataset, model=model, method="gradcam", metric="aopc"))
+        other = common["score_params"](SimpleNamespace(protocol="thesis", dataset=dataset, model=model, method="gradcam", metric="aopc"))
         assert "overrides" not in other  # a metric without per-dataset settings keeps its params (no re-run)
 
 
@@ -208,3 +209,6 @@ def test_explain_params_turn_autocast_off_under_thesis_where_it_would_apply():
     dataset, models = next(iter(default["models"].items()))
     wildcards = SimpleNamespace(dataset=dataset, model=next(iter(models)), method="gradcam")
     assert rules_common(default, uses_gpu=True)["explain_params"](wildcards).get("amp", True) is True
+    # both protocols share the maps: the thesis protocol's float32 holds for the run
+    default["protocol"] = ["default", "thesis"]
+    assert rules_common(default, uses_gpu=True)["explain_params"](wildcards)["amp"] is False

@@ -135,3 +135,73 @@ def test_ratio_interval_hand_cases():
     clustered = paired.bootstrap_ratio_interval(np.sort(numerator), denominator, groups, seed=0)
     assert clustered[1] - clustered[0] > narrow[1] - narrow[0]
     assert np.isnan(paired.bootstrap_ratio_interval(np.array([1.0]), np.array([1.0]))[0])
+
+
+# --- both protocols side by side -----------------------------------------------------------------
+
+def test_protocol_table_lines_up_each_protocols_outcome_and_finds_the_disagreements():
+    # default: HiResCAM clearly better; thesis: no real difference; random is worse under both
+    _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.2}))
+    _, thesis = tables(long_scores({"hirescam": 0.0, "gradcam": 0.0, "random": -0.2}, seed=1))
+    table = verdict.protocol_table({"default": default, "thesis": thesis})
+    assert len(table) == 3 and {"outcome_default", "outcome_thesis", "mean_difference_thesis", "p_holm_default"} <= set(table.columns)
+    rows = table.set_index(["method_a", "method_b"])
+    assert rows.loc[("gradcam", "hirescam"), "outcome_default"] == "HiResCAM better"
+    assert rows.loc[("gradcam", "hirescam"), "outcome_thesis"] == "no difference"
+    assert not rows.loc[("gradcam", "hirescam"), "agree"]
+    assert rows.loc[("hirescam", "random"), "agree"] and rows.loc[("hirescam", "random"), "outcome_thesis"] == "HiResCAM better"
+    text = verdict.protocol_markdown(table, ["default", "thesis"])
+    assert "| aopc | 3 | 2 | 1 |" in text
+    assert "## Where they disagree (1 of 3 pairs)" in text
+    assert "| d / m1 | AOPC on 8 px regions | Grad-CAM − HiResCAM | HiResCAM better (-0.1" in text
+
+
+def test_a_pair_only_one_protocol_tested_reads_not_scored_and_disagrees():
+    _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.2}))
+    _, thesis = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}))
+    table = verdict.protocol_table({"default": default, "thesis": thesis})
+    missing = table[table["method_b"] == "random"]
+    assert (missing["outcome_thesis"] == "not scored").all() and not missing["agree"].any()
+
+
+def test_one_protocol_has_nothing_to_compare_and_says_how_to_run_both():
+    _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}))
+    table = verdict.protocol_table({"default": default})
+    assert table["agree"].isna().all()
+    text = verdict.protocol_markdown(table, ["default"])
+    assert "One protocol ran (default): nothing to compare" in text and "protocol=[default, thesis]" in text
+    assert verdict.protocol_rst(table, ["default"]) == ""
+
+
+def test_verdict_page_joins_the_protocols_verdicts_and_their_comparison(tmp_path):
+    from camfaith import pipeline
+
+    files = {}
+    for protocol, effect in (("default", 0.1), ("thesis", 0.0)):
+        summary, tests = tables(long_scores({"hirescam": effect, "gradcam": 0.0, "random": -0.2}, seed=int(effect * 10)))
+        result = verdict.build(summary, tests, CLASSIFICATION, ["hirescam", "gradcam"])
+        files[protocol] = {"md": tmp_path / f"{protocol}.md", "rst": tmp_path / f"{protocol}.rst", "csv": tmp_path / f"{protocol}.csv"}
+        files[protocol]["md"].write_text(result.markdown(f"Verdict: {protocol} protocol"))
+        files[protocol]["rst"].write_text(result.rst(f"Verdict: {protocol} protocol"))
+        tests.to_csv(files[protocol]["csv"], index=False)
+    out = {key: tmp_path / name for key, name in (("verdict_md", "verdict.md"), ("verdict_rst", "verdict.rst"),
+                                                  ("protocols_csv", "protocols.csv"), ("protocols_md", "protocols.md"))}
+    pipeline.verdict_page(*({p: files[p][kind] for p in files} for kind in ("md", "rst", "csv")), out)
+    page = out["verdict_md"].read_text()
+    assert page.index("# Verdict: default protocol") < page.index("# Verdict: thesis protocol") < page.index("# The protocols compared")
+    rst = out["verdict_rst"].read_text()
+    assert "Verdict: thesis protocol\n========================" in rst and "The protocols compared\n======================" in rst
+    assert "Grad-CAM vs HiResCAM: default: HiResCAM better; thesis: no difference" in rst
+    assert len(pd.read_csv(out["protocols_csv"])) == 3
+
+
+def test_caveats_name_each_setting_once_and_list_the_methods_in_one_line():
+    summary, tests = tables(long_scores({"hirescam": 0.0, "gradcam": -0.1, "centre": 0.2}))
+    summary["tied_share"] = [0.5, 0.3, 0.1]  # centre, gradcam, hirescam (summary rows are sorted by method)
+    cell = verdict.cells(summary, tests)[0]
+    tied = [n for n in verdict.caveats(cell, controls=False) if "tied" in n]
+    assert tied == ["AOPC on 8x8 regions (8 px): regions tied (ordered by the seeded tie-break, not by the map): Centre (control) 50 %, "
+                    "Grad-CAM 30 %"]
+    other = verdict.cells(summary.assign(parameter_value=16.0, grid="4x4"), tests.assign(parameter_value=16.0))[0]
+    assert verdict.flagged_note([cell, other]).startswith("AOPC on 8x8 regions (8 px) and AOPC on 4x4 regions (16 px) do not rank the "
+                                                          "control(s) Centre (control) last")

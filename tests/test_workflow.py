@@ -1,5 +1,6 @@
 """The workflow through the snakemake CLI: a tiny config end to end, reruns, validation, lint, report."""
 
+import itertools
 import re
 import subprocess
 import sys
@@ -22,8 +23,8 @@ def scored(metric: str) -> int:
     """Score jobs of one metric in the tiny run: every method of both models, but the skipped ones."""
     return len(set(METHODS) - SKIPPED.get(metric, set())) + len(set(GAP_METHODS) - SKIPPED.get(metric, set()))
 TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", "aopc.md", "max_sensitivity.md", "haas.md",
-          "friedman.csv", "win_counts.csv", "study_tables.md", "study_tables.tex", "study_tables.html")
-FIGURES = ("morf_curves", "max_sensitivity", "accuracy_vs_aopc", "accuracy_vs_max_sensitivity", "critical_difference")
+          "friedman.csv", "win_counts.csv", "seeds.csv", "seeds.md", "study_tables.md", "study_tables.tex", "study_tables.html")
+FIGURES = ("morf_curves", "running_aopc", "max_sensitivity", "accuracy_vs_aopc", "accuracy_vs_max_sensitivity", "critical_difference")
 
 pytestmark = pytest.mark.workflow
 
@@ -67,20 +68,20 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_tiny_config_produces_every_table_and_figure(tiny_run):
     for name in TABLES:
-        assert (tiny_run / "results/aggregate/tables" / name).stat().st_size > 0, name
+        assert (tiny_run / "results/aggregate/default/tables" / name).stat().st_size > 0, name
     for name in FIGURES:
         for extension in ("png", "pdf"):
-            assert (tiny_run / f"results/aggregate/figures/{name}.{extension}").stat().st_size > 1000
-    for model in ("tinyres", "tinygap"):
+            assert (tiny_run / f"results/aggregate/default/figures/{name}.{extension}").stat().st_size > 1000
+    for model, kind in itertools.product(("tinyres", "tinygap"), ("overlays", "disagreement")):
         for extension in ("png", "pdf"):
-            assert (tiny_run / f"results/aggregate/figures/overlays/synthetic/{model}.{extension}").stat().st_size > 1000
-    summary = pd.read_csv(tiny_run / "results/aggregate/tables/summary.csv")
+            assert (tiny_run / f"results/aggregate/default/figures/{kind}/synthetic/{model}.{extension}").stat().st_size > 1000
+    summary = pd.read_csv(tiny_run / "results/aggregate/default/tables/summary.csv")
     assert set(summary.loc[summary["model"] == "tinyres", "method"]) == set(METHODS)
     assert set(summary.loc[summary["model"] == "tinygap", "method"]) == set(GAP_METHODS)
     assert set(summary["metric"]) == {"aopc", "max_sensitivity", "haas"}
     sensitivity = summary[summary["metric"] == "max_sensitivity"]
     assert not set(sensitivity["method"]) & SKIPPED["max_sensitivity"]
-    table = (tiny_run / "results/aggregate/tables/max_sensitivity.md").read_text()
+    table = (tiny_run / "results/aggregate/default/tables/max_sensitivity.md").read_text()
     assert re.search(r"^\| Score-CAM \| not run: left out by metrics\.max_sensitivity\.skip_methods \(one Score-CAM map costs one forward per "
                      r"channel of the target layer\) \|", table, flags=re.M), table
     assert "| Integrated Gradients | " in table and "| CAM | " in table
@@ -88,7 +89,7 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     assert sorted(aopc["grid"].unique()) == ["2x2", "4x4"]  # 32 px with 16 and 8 px regions
     assert aopc.groupby("parameter_value")["best_mean"].sum().ge(1).all()  # a best mean in every cell (ties share it)
     assert (aopc["best_mean"] | ~aopc["best"]).all()  # bold only where the mean is best (and the corrected test agrees)
-    paired = pd.read_csv(tiny_run / "results/aggregate/tables/paired_tests.csv")
+    paired = pd.read_csv(tiny_run / "results/aggregate/default/tables/paired_tests.csv")
     assert {"p_holm", "better", "ci_low", "ci_high", "effect_size"} <= set(paired.columns) and set(paired["metric"]) == {"aopc", "max_sensitivity", "haas"}
 
 
@@ -99,8 +100,11 @@ def test_verdict_names_every_model_and_no_mean_is_infinite(tiny_run):
     assert "## Recommendation" in verdict
     assert "HiResCAM" in verdict and "Grad-CAM" in verdict  # the headline pair, aggregate.compare
     rst = (tiny_run / "results/aggregate/verdict.rst").read_text()
-    assert rst.startswith("Verdict\n=======")
-    summary = pd.read_csv(tiny_run / "results/aggregate/tables/summary.csv")
+    assert rst.startswith("Verdict: default protocol\n=========================\n")
+    assert verdict.startswith("# Verdict: default protocol\n")
+    comparison = (tiny_run / "results/aggregate/protocols.md").read_text()
+    assert "One protocol ran (default): nothing to compare" in comparison
+    summary = pd.read_csv(tiny_run / "results/aggregate/default/tables/summary.csv")
     assert np.isfinite(summary["mean"].dropna()).all()
     sensitivity = summary[summary["metric"] == "max_sensitivity"]
     assert (sensitivity["mean"] <= 1 + 1 / 0.1 + 1e-6).all()  # the floored normalisation bounds it
@@ -108,12 +112,12 @@ def test_verdict_names_every_model_and_no_mean_is_infinite(tiny_run):
     assert summary["n_left_out"].notna().all()
     aopc = summary[summary["metric"] == "aopc"]
     assert aopc["tied_share"].between(0, 1).all()
-    friedman = pd.read_csv(tiny_run / "results/aggregate/tables/friedman.csv")
+    friedman = pd.read_csv(tiny_run / "results/aggregate/default/tables/friedman.csv")
     assert set(friedman["metric"]) == {"aopc", "max_sensitivity"}
 
 
 def test_score_log_says_what_was_scored_left_out_and_how_fast(tiny_run):
-    log = (tiny_run / "logs/score/synthetic/tinyres/gradcam/aopc.log").read_text()
+    log = (tiny_run / "logs/score/default/synthetic/tinyres/gradcam/aopc.log").read_text()
     assert re.search(r"aopc of gradcam: \d+ of \d+ test images scored \(\d+ left out", log), log
     assert re.search(r"aopc of gradcam: \d+ of \d+ images \(100 %\), [\d.]+ images/s, about 0 s left", log), log
 
@@ -143,7 +147,7 @@ def test_maps_and_scores_are_consistent(tiny_run):
             # resnet18 to layer1 at 32 px: 8x8 at the layer
             assert handle["maps"].shape[1:] == ((8, 8) if resolution == "layer" else (32, 32))
             n = handle["maps"].shape[0]
-        scores = pd.read_parquet(tiny_run / f"results/score/synthetic/tinyres/{method}/aopc.parquet")
+        scores = pd.read_parquet(tiny_run / f"results/score/default/synthetic/tinyres/{method}/aopc.parquet")
         per_image = scores[scores["quantity"] == "aopc"]
         assert len(per_image) == 2 * n  # images: all, two region sizes
         curve = scores[(scores["quantity"] == "probability") & (scores["parameter_value"] == 8)]
@@ -168,7 +172,9 @@ def test_editing_one_metric_setting_replans_only_that_metric_and_aggregation(tin
     edited = write_config(tiny_run / f"edited_{metric}.yaml", edit)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
-    assert planned_jobs(output) == {"score": scored(metric), "tables": 1, "figures": 1, "all": 1}
+    # the overlays show each image's AOPC and Max-Sensitivity, not its HAAS
+    redrawn = {"overlays": 2} if metric in ("aopc", "max_sensitivity") else {}
+    assert planned_jobs(output) == {"score": scored(metric), "tables": 1, "figures": 1, "verdict": 1, **redrawn, "all": 1}
     planned_scores = re.findall(r"output: (results/score/\S+?\.parquet)", output)
     assert len(planned_scores) == scored(metric) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
 
@@ -180,11 +186,11 @@ def test_changing_one_methods_settings_replans_only_that_method(tiny_run):
     edited = write_config(tiny_run / "edited_ig.yaml", more_steps)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
-    assert planned_jobs(output) == {"explain": 1, "score": 3, "overlays": 1, "tables": 1, "figures": 1, "all": 1}
+    assert planned_jobs(output) == {"explain": 1, "score": 3, "overlays": 1, "tables": 1, "figures": 1, "verdict": 1, "all": 1}
     planned = re.findall(r"output: (results/(?:explain|score)/\S+)", output)
     assert planned and all("/integrated_gradients" in path for path in planned), planned
-    overlays = re.findall(r"output: (results/aggregate/figures/overlays/\S+?)[,\s]", output)
-    assert overlays == ["results/aggregate/figures/overlays/synthetic/tinyres.png"], overlays  # the other model's is not redrawn
+    overlays = re.findall(r"output: (results/aggregate/default/figures/overlays/\S+?)[,\s]", output)
+    assert overlays == ["results/aggregate/default/figures/overlays/synthetic/tinyres.png"], overlays  # the other model's is not redrawn
 
 
 def test_report_builds(tiny_run):
@@ -233,7 +239,7 @@ def test_default_config_plans_and_lints_clean():
     assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
 
 
-def test_thesis_protocol_reruns_only_scores_and_applies_the_study_choices(tiny_run, tmp_path):
+def test_adding_the_thesis_protocol_scores_beside_the_default_and_applies_the_study_choices(tiny_run, tmp_path):
     import shutil
 
     from camfaith.store import read_table_metadata
@@ -241,20 +247,38 @@ def test_thesis_protocol_reruns_only_scores_and_applies_the_study_choices(tiny_r
     workdir = tmp_path / "thesis"
     shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
     config = workdir / "config.yaml"
-    plan = snakemake(workdir, "-n", "--cores", "1", "--configfile", str(config), "--config", "protocol=thesis")
-    assert planned_jobs(plan.stdout + plan.stderr) == {"score": sum(scored(m) for m in ("aopc", "max_sensitivity", "haas")),
-                                                       "tables": 1, "figures": 1, "all": 1}
+    both = ("--config", "protocol=[default, thesis]")
+    plan = snakemake(workdir, "-n", "--cores", "1", "--configfile", str(config), *both)
+    output = plan.stdout + plan.stderr
+    # the thesis protocol's scores, tables, figures and overlays; nothing of the default protocol re-runs
+    assert planned_jobs(output) == {"score": sum(scored(m) for m in ("aopc", "max_sensitivity", "haas")),
+                                    "tables": 1, "figures": 1, "overlays": 2, "verdict": 1, "all": 1}
+    planned = re.findall(r"output: (results/(?:score|aggregate)/\S+?)[,\s]", output)
+    assert all(p.startswith(("results/score/thesis/", "results/aggregate/thesis/", "results/aggregate/verdict.md")) for p in planned), planned
     # the plan above covers every score job; running HiResCAM's three is enough to check the study's choices
-    targets = [f"results/score/synthetic/tinyres/hirescam/{metric}.parquet" for metric in ("aopc", "max_sensitivity", "haas")]
-    snakemake(workdir, "--cores", "2", "--configfile", str(config), "--config", "protocol=thesis", "--", *targets)
+    targets = [f"results/score/thesis/synthetic/tinyres/hirescam/{metric}.parquet" for metric in ("aopc", "max_sensitivity", "haas")]
+    default_aopc = workdir / "results/score/default/synthetic/tinyres/hirescam/aopc.parquet"
+    before = default_aopc.read_bytes()
+    snakemake(workdir, "--cores", "2", "--configfile", str(config), *both, "--", *targets)
 
-    aopc_path = workdir / "results/score/synthetic/tinyres/hirescam/aopc.parquet"
+    assert default_aopc.read_bytes() == before  # beside, not over
+    aopc_path = workdir / "results/score/thesis/synthetic/tinyres/hirescam/aopc.parquet"
     settings = read_table_metadata(aopc_path)["settings"]
-    assert (settings["zero_pad"], settings["round_decimals"], settings["images"]) == (True, 3, "correct")
+    assert (settings["zero_pad"], settings["round_decimals"], settings["images"], settings["ties"]) == (True, 3, "correct", "row_major")
     probabilities = pd.read_parquet(aopc_path).query("quantity == 'probability'")["value"]
     assert np.allclose(probabilities, probabilities.round(3), atol=1e-6)
-    assert read_table_metadata(workdir / "results/score/synthetic/tinyres/hirescam/max_sensitivity.parquet")["settings"]["normalise"] is False
-    haas = pd.read_parquet(workdir / "results/score/synthetic/tinyres/hirescam/haas.parquet")
+    assert read_table_metadata(workdir / "results/score/thesis/synthetic/tinyres/hirescam/max_sensitivity.parquet")["settings"]["normalise"] is False
+    haas = pd.read_parquet(workdir / "results/score/thesis/synthetic/tinyres/hirescam/haas.parquet")
     value = haas.loc[haas["quantity"] == "haas", "value"].iloc[0]
     assert value == round(value, 2)
     assert (haas["protocol"] == "thesis").all()
+
+
+def test_overlay_inputs_are_the_metrics_the_panels_show():
+    import ast
+
+    from camfaith import plots
+
+    common = (ROOT / "rules/common.smk").read_text()
+    declared = re.search(r"^OVERLAY_METRICS = (\(.*\))$", common, flags=re.M).group(1)
+    assert ast.literal_eval(declared) == tuple(plots.PANEL_SCORES)

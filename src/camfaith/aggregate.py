@@ -256,7 +256,7 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
         cells = part[(part["dataset"] == dataset) & (part["model"] == model)]
         # AOPC: the coarsest grid first, as the study's tables (largest regions first); radii ascending
         values = sorted(cells["parameter_value"].dropna().unique(), reverse=metric == "aopc") or [np.nan]
-        header = [parameter_label] + [_column_label(cells, v) for v in values]
+        header = [parameter_label] + [_column_label(cells, v) for v in values] + ["images"]
         lines = [f"## {dataset} / {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         reasons = {s["method"]: s["reason"] for s in left_out if (s["dataset"], s["model"]) == (dataset, model)}
         methods = sorted(set(cells["method"]) | set(reasons), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
@@ -267,9 +267,27 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
             for value in values if method not in reasons else []:
                 match = cells[(cells["method"] == method) & ((cells["parameter_value"] == value) | (pd.isna(value) & cells["parameter_value"].isna()))]
                 row.append(_cell(match.iloc[0], decimals) if len(match) else "")
+            row.append("" if method in reasons else _images_cell(cells[cells["method"] == method], metric))
             lines.append("| " + " | ".join(row) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections) if sections else "not run\n"
+
+
+def _images_cell(rows: pd.DataFrame, metric: str) -> str:
+    """What a method's row rests on: ``22 scored; 2 left out; 1 undefined; 3 degenerate; tied 44 %/33 %``
+    (undefined: the most of any setting; tied: AOPC's share of tied regions per setting, as the columns)."""
+    if rows.empty:
+        return ""
+    first = rows.iloc[0]
+    parts = [f"{int(first['n'])} scored"]
+    for column, word in (("n_left_out", "left out"), ("n_undefined", "undefined"), ("n_degenerate", "degenerate")):
+        count = rows[column].max() if column in rows else np.nan
+        if pd.notna(count) and count > 0:
+            parts.append(f"{int(count)} {word}")
+    if metric == "aopc" and "tied_share" in rows and rows["tied_share"].notna().any():
+        ordered = rows.sort_values("parameter_value", ascending=False)["tied_share"]
+        parts.append("tied " + "/".join(f"{100 * v:.0f} %" for v in ordered if pd.notna(v)))
+    return "; ".join(parts)
 
 
 def _column_label(cells: pd.DataFrame, value: float) -> str:
@@ -345,3 +363,56 @@ def study_latex(table: pd.DataFrame, caption: str, label: str) -> str:
     styled = bold.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     return styled.to_latex(hrules=True, caption=caption, label=label, multicol_align="c", column_format="ll" + "r" * bold.shape[1],
                                position="htbp", environment="table*")
+
+
+SEEDS_COLUMNS = ["dataset", "model", "metric", "parameter", "parameter_value", "method_a", "method_b", "seeds", "mean_difference", "sd",
+                 "ci_low", "ci_high", "a_better", "b_better", "no_difference"]
+
+
+def seeds_table(paired: pd.DataFrame, replicates: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """Method differences across training seeds: per dataset, replicated model (``model`` = the
+    config entry with ``training.seeds``), cell and method pair, the per-seed mean paired differences
+    of ``paired`` (``paired_tests.csv``) summarised over the seeds.
+
+    ``seeds``: replicates with a finite difference; ``mean_difference``: their mean (a − b);
+    ``sd``: their standard deviation (ddof 1); ``ci_low, ci_high``: the 95 % t-interval of the mean
+    over seeds (each trained model one unit; NaN with fewer than 2); ``a_better, b_better,
+    no_difference``: in how many seeds the Holm-corrected test found a better, b better, neither.
+    ``replicates``: ``Plan.replicates``, ``{dataset: {member: {"replicate_of", "seed"}}}``."""
+    if paired.empty or not replicates:
+        return pd.DataFrame(columns=SEEDS_COLUMNS)
+    base = [replicates.get(d, {}).get(m, {}).get("replicate_of") for d, m in zip(paired["dataset"], paired["model"])]
+    rows = paired.assign(replicate_of=base).dropna(subset=["replicate_of"])
+    out = []
+    keys = ["dataset", "replicate_of", "metric", "parameter", "parameter_value", "method_a", "method_b"]
+    for key, group in rows.groupby(keys, dropna=False, sort=True):
+        differences = group["mean_difference"].to_numpy(dtype=np.float64)
+        differences = differences[np.isfinite(differences)]
+        n = len(differences)
+        mean = float(differences.mean()) if n else float("nan")
+        sd = float(differences.std(ddof=1)) if n > 1 else float("nan")
+        half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+        a, b = key[5], key[6]
+        out.append({**dict(zip(["dataset", "model", "metric", "parameter", "parameter_value", "method_a", "method_b"], key)), "seeds": n,
+                    "mean_difference": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+                    "a_better": int((group["better"] == a).sum()), "b_better": int((group["better"] == b).sum()),
+                    "no_difference": int((group["better"] == "no difference").sum())})
+    return pd.DataFrame(out, columns=SEEDS_COLUMNS)
+
+
+def seeds_markdown(table: pd.DataFrame) -> str:
+    """``seeds.csv`` as Markdown: a section per replicated model, a row per setting and pair."""
+    lines = ["# Across training seeds", "", "Each replicated model (`training.seeds`) is trained once per seed; per pair of methods: "
+             "the mean over seeds of the paired difference a − b with its 95 % t-interval over seeds, its SD, and in how many seeds "
+             "the Holm-corrected test found a better, b better, or no difference (docs/statistics.md).", ""]
+    if table.empty:
+        return "\n".join(lines + ["No model has `training.seeds`: every difference in the other tables is across images of one trained model.", ""])
+    for (dataset, model), rows in table.groupby(["dataset", "model"], sort=False):
+        lines += [f"## {dataset} / {model} ({int(rows['seeds'].max())} seeds)", "",
+                  "| metric | setting | a − b | mean [95 % t-interval] | SD | a better / b better / no difference |", "|---|---|---|---|---|---|"]
+        for row in rows.itertuples():
+            setting = "" if pd.isna(row.parameter_value) else f"{row.parameter_value:g}"
+            lines.append(f"| {row.metric} | {setting} | {row.method_a} − {row.method_b} | {row.mean_difference:+.3f} "
+                         f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}] | {row.sd:.3f} | {row.a_better} / {row.b_better} / {row.no_difference} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -20,8 +20,9 @@ import yaml
 
 from camfaith import explainers, sweep
 from camfaith.explainers import ModelFacts, Settings
+from camfaith.metrics import METRICS as METRIC_NAMES
+from camfaith.metrics import PROTOCOLS
 
-METRIC_NAMES = ("aopc", "max_sensitivity", "haas")
 # The image of every rule under --sdm apptainer when a config replacing config/config.yaml
 # (--replace-workflow-config) names none: the Dockerfile built locally, as config/config.yaml says.
 DEFAULT_CONTAINER = "docker-daemon://camfaith:latest"
@@ -49,12 +50,15 @@ class Skip:
 @dataclass(frozen=True)
 class Plan:
     """What the workflow runs. ``methods[(dataset, model)]`` maps each method of that model to its
-    resolved settings, in config order; ``grid_members[dataset][model]`` holds a grid member's values."""
+    resolved settings, in config order; ``grid_members[dataset][model]`` holds a grid member's values;
+    ``replicates[dataset][model]`` a seed replicate's ``{"replicate_of", "seed"}``."""
 
     methods: dict[tuple[str, str], dict[str, Settings]]
     grid_members: dict[str, dict[str, dict]]
     metrics: tuple[str, ...]
     skips: tuple[Skip, ...] = field(default_factory=tuple)
+    protocols: tuple[str, ...] = ("default",)
+    replicates: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def scored(self, dataset: str, model: str, metric: str) -> list[str]:
         """The methods ``metric`` scores on that model (all of its methods but the skipped ones)."""
@@ -69,6 +73,7 @@ def load_schema(path: str | Path) -> dict:
     schema = yaml.safe_load(Path(path).read_text())
     definitions = schema["definitions"]
     definitions["method_name"]["enum"] = list(explainers.names())
+    definitions["protocol_name"]["enum"] = list(PROTOCOLS)
     mapping = definitions["method_entry"]["oneOf"][1]
     mapping["properties"] = {name: {"oneOf": [{"type": "null"}, e.settings.schema()]} for name, e in explainers.REGISTRY.items()}
     mapping["additionalProperties"] = False
@@ -104,8 +109,13 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
     schema = load_schema(schema_path)
     validate_schema(config, schema)
     config.setdefault("container", DEFAULT_CONTAINER)
+    for dataset, entries in config["models"].items():
+        for name, entry in entries.items():
+            if entry.get("grid") and "seeds" in (entry.get("training") or {}):
+                raise ConfigError(f"config models.{dataset}.{name}: a grid model cannot also have training.seeds (put seed into the grid instead)")
     try:
         config["models"], members = sweep.expand(config["models"])
+        config["models"], replicates = sweep.expand_seeds(config["models"])
     except ValueError as error:
         raise ConfigError(f"config {error}") from None
     validate_schema(config, schema)  # the expanded members, with their grid values in place
@@ -126,7 +136,14 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
         input_size = config["datasets"][dataset]["preprocessing"]["image_size"]
         for model, entry in models.items():
             methods[(dataset, model)] = model_methods(config["explain"]["methods"], entry, dataset, model, input_size)
-    return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(_skips(config, methods, metrics)))
+    return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(_skips(config, methods, metrics)),
+                protocols=protocols(config["protocol"]), replicates=replicates)
+
+
+def protocols(value: str | list[str]) -> tuple[str, ...]:
+    """The protocols a config runs, in its order: ``protocol: thesis`` or ``protocol: [default, thesis]``
+    (each protocol's scores, tables and verdict live under its own path, docs/formats.md)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def check_datasets(config: dict, metrics: tuple[str, ...]) -> None:

@@ -314,13 +314,20 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
 # How the Markdown tables mark a winner (docs/statistics.md)
 BOLD_RULE = ("In bold: the best mean of a column, where that method is better than every other method of the column by the "
              "Holm-corrected paired test (paired_tests.csv); no bold means the methods cannot be told apart.")
+IMAGES_RULE = ("Column images: the test images a row's values rest on (scored), those the metric's `images` setting left out "
+               "(misclassified, with `images: correct`), values left out as undefined (most of any setting), maps that are "
+               "degenerate (all zero after ReLU, constant or non-finite; scored, and counted here), and for AOPC the share of "
+               "regions tied in each region size (ordered by the seeded tie-break).")
 
 
 def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[dict], params: dict, out: dict,
-                     skipped: list[dict] | None = None, index_paths: dict[str, str] | None = None) -> None:
+                     skipped: list[dict] | None = None, index_paths: dict[str, str] | None = None, protocol: str = "default",
+                     replicates: dict[str, dict[str, dict]] | None = None) -> None:
     """The study's tables: classification, AOPC per region size, Max-Sensitivity per radius, HAAS
     (Markdown, a section per model, a row per method, the best in bold, "not run" rows for the
-    methods a metric left out) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them.
+    methods a metric left out) plus the long ``summary.csv`` and ``paired_tests.csv`` behind them,
+    and the verdict, titled by ``protocol`` (the protocol the scores were computed under), and the
+    differences across training seeds of the models in ``replicates`` (``Plan.replicates``).
     ``index_paths`` (dataset → index) give each image's group, which the paired intervals resample."""
     from camfaith import aggregate as agg
 
@@ -338,11 +345,11 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     texts = {
         "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
         "aopc_md": "# AOPC (MoRF), higher is better\n\nColumns: region size in px (grid); cells: mean [95% bootstrap CI] over the "
-                   "scored images. " + BOLD_RULE + "\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
+                   "scored images. " + BOLD_RULE + " " + IMAGES_RULE + "\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
         "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input); cells: mean [95% "
-                              "bootstrap CI]. " + BOLD_RULE + "\n\n"
+                              "bootstrap CI]. " + BOLD_RULE + " " + IMAGES_RULE + "\n\n"
                               + agg.markdown_by_model(summary, "max_sensitivity", "method", skipped),
-        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n" + BOLD_RULE + "\n\n"
+        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n" + BOLD_RULE + " " + IMAGES_RULE + "\n\n"
                    + agg.markdown_by_model(summary, "haas", "method", skipped),
     }
     from camfaith import ranking
@@ -350,11 +357,13 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
 
     friedman = ranking.friedman_table(scores, agg.CELL, {m: d for m, d in agg.DIRECTION.items() if m != "haas"}) if not scores.empty else pd.DataFrame()
     wins = verdicts.win_counts(paired)
-    result = verdicts.build(summary, paired, classification, params.get("compare"), friedman)
+    seeds = agg.seeds_table(paired, replicates or {})
+    result = verdicts.build(summary, paired, classification, params.get("compare"), friedman, seeds)
+    texts["seeds_md"] = agg.seeds_markdown(seeds)
     study = {metric: agg.study_table(summary, metric) for metric in agg.DIRECTION}
     titles = {"aopc": "AOPC (MoRF), higher is better", "max_sensitivity": "Max-Sensitivity, lower is better", "haas": "HAAS, higher is better"}
-    texts["verdict_md"] = result.markdown()
-    texts["verdict_rst"] = result.rst()
+    texts["verdict_md"] = result.markdown(f"Verdict: {protocol} protocol")
+    texts["verdict_rst"] = result.rst(f"Verdict: {protocol} protocol")
     texts["study_md"] = "# The study's layout: a row per dataset / model, a column per setting and method (means)\n\n" + "".join(
         f"## {titles[metric]}\n\n*: {BOLD_RULE[len('In bold: '):]}\n\n{agg.study_markdown(table)}\n" for metric, table in study.items())
     texts["study_tex"] = "% booktabs tables laid out like the study's; needs \\usepackage{booktabs}\n" + "\n".join(
@@ -366,7 +375,30 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     write_csv(paired, out["paired_csv"])
     write_csv(friedman, out["friedman_csv"])
     write_csv(wins, out["win_counts_csv"])
+    write_csv(seeds, out["seeds_csv"])
     for key, text in texts.items():
+        with atomic_path(out[key]) as tmp:
+            tmp.write_text(text)
+
+
+def verdict_page(verdicts_md: dict[str, str], verdicts_rst: dict[str, str], paired_csvs: dict[str, str], out: dict) -> None:
+    """The report's first page and ``verdict.md``: every protocol's verdict (protocol → its file, in
+    the config's order), then, with two protocols, where their paired tests disagree; and the
+    protocol comparison table itself (``protocols_csv``, ``protocols_md``)."""
+    from camfaith import verdict as verdicts
+
+    protocols = list(verdicts_md)
+    table = verdicts.protocol_table({p: read_csv_or_empty(path) for p, path in paired_csvs.items()})
+    comparison_md = verdicts.protocol_markdown(table, protocols)
+    markdown = "\n".join(Path(verdicts_md[p]).read_text() for p in protocols)
+    rst = "\n".join(Path(verdicts_rst[p]).read_text() for p in protocols)
+    if len(protocols) > 1:
+        markdown += "\n" + comparison_md
+        rst += "\n" + verdicts.protocol_rst(table, protocols)
+    disagree = int((~table["agree"].astype(bool)).sum()) if len(protocols) > 1 else 0
+    log.info("verdict of %s; %d of %d method pairs disagree between protocols", ", ".join(protocols), disagree, len(table))
+    write_csv(table, out["protocols_csv"])
+    for key, text in (("protocols_md", comparison_md), ("verdict_md", markdown), ("verdict_rst", rst)):
         with atomic_path(out[key]) as tmp:
             tmp.write_text(text)
 
@@ -393,7 +425,7 @@ def write_csv(frame: pd.DataFrame, path) -> None:
 
 
 def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: dict, friedman_csv=None) -> None:
-    """MoRF curves, Max-Sensitivity against radius, balanced accuracy against AOPC and against
+    """MoRF curves, the running AOPC, Max-Sensitivity against radius, balanced accuracy against AOPC and against
     Max-Sensitivity, critical-difference diagrams (from ``friedman_csv``); PNG and PDF each."""
     from camfaith import aggregate as agg
     from camfaith import plots
@@ -402,6 +434,8 @@ def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: d
     summary = pd.read_csv(summary_csv)
     classification = pd.read_csv(classification_csv)
     plots.save(plots.morf_curves(scores), out["morf_png"], out["morf_pdf"])
+    if "running_aopc_png" in out:
+        plots.save(plots.running_aopc(scores), out["running_aopc_png"], out["running_aopc_pdf"])
     plots.save(plots.sensitivity_vs_radius(summary), out["sensitivity_png"], out["sensitivity_pdf"])
     plots.save(plots.accuracy_vs_aopc(summary, classification), out["accuracy_png"], out["accuracy_pdf"])
     if "accuracy_sensitivity_png" in out:
@@ -422,12 +456,18 @@ def read_csv_or_empty(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def overlay_figure(maps_paths: dict[str, str], index_path, raw_dir, params: dict, png, pdf) -> None:
-    """Example test images with every method's map and the ground-truth outline."""
+def overlay_figures(maps_paths: dict[str, str], score_paths: list, index_path, raw_dir, params: dict, out: dict) -> None:
+    """Example test images with every method's map, its scores and the ground-truth outline
+    (``png``, ``pdf``), and the images on which ``params["compare"]`` disagree most by AOPC
+    (``disagreement_png``, ``disagreement_pdf``)."""
+    from camfaith import aggregate as agg
     from camfaith import plots
 
     table = read_parquet(index_path)
-    plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"]), png, pdf)
+    scores = agg.read_scores(score_paths) if score_paths else pd.DataFrame()
+    plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"], scores), out["png"], out["pdf"])
+    figure = plots.disagreement(maps_paths, scores, table, raw_dir, params["examples"], params["image_size"], params.get("compare"))
+    plots.save(figure, out["disagreement_png"], out["disagreement_pdf"])
 
 
 def sweep_table(summary_csv, classification_csv, params: dict, csv_path, md_path) -> None:

@@ -73,6 +73,36 @@ def morf_curves(scores: pd.DataFrame) -> plt.Figure:
     return figure
 
 
+def running_aopc_curve(curves: pd.DataFrame) -> np.ndarray:
+    """``[L+1]``: the running AOPC after each step of one method's MoRF curves (``probability`` rows
+    of one cell, a curve per image, steps 0…L): ``1/(k+1) Σ_{j≤k} mean_images(f(x⁰) − f(x^j))``."""
+    wide = curves.pivot_table(index="image_id", columns="step", values="value", aggfunc="first").to_numpy(dtype=np.float64)
+    # per step, the mean over images of f(x⁰) − f(x^j); an undefined curve (NaN) counts nowhere
+    drop = np.nanmean(wide[:, :1] - wide, axis=0)
+    return np.cumsum(drop) / np.arange(1, drop.size + 1)
+
+
+def running_aopc(scores: pd.DataFrame) -> plt.Figure:
+    """The study's per-step AOPC (its ``plot_aopc_per_step``): after ``k`` of ``L`` regions,
+    ``AOPC_k = 1/(k+1) Σ_{j=0..k} mean_images(f(x⁰) − f(x^j))``, so the last point is the AOPC of the
+    tables (before any rounding); a panel per model × region size, x the fraction of regions perturbed."""
+    curves = scores[scores["quantity"] == "probability"]
+    if curves.empty:
+        return _empty("no AOPC curves")
+    keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups, key=lambda k: (k[0], k[1], -k[2]))
+    figure, axes = _panels(len(keys), min(4, len(keys)))
+    for ax, (dataset, model, region) in zip(axes.flat, keys):
+        part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
+        for method, group in part.groupby("method"):
+            running = running_aopc_curve(group)
+            ax.plot(np.arange(running.size) / max(running.size - 1, 1), running, **method_style(method))
+        ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
+        ax.set_xlabel("fraction of regions perturbed (MoRF)")
+        ax.set_ylabel("AOPC so far")
+    _legend(figure, axes)
+    return figure
+
+
 def _legend(figure: plt.Figure, axes: np.ndarray) -> None:
     """One legend for the whole figure, below the panels (a dozen methods do not fit inside one), in
     registry order with the controls last."""
@@ -153,50 +183,130 @@ def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt
     return accuracy_vs_metric(summary, classification, "aopc")
 
 
-def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: str | Path, examples: int, image_size: int) -> plt.Figure:
-    """A grid: a row per example test image, the input then one column per method, each map
-    (ReLU, min-max, bilinear to the input) over the image, with the ground-truth mask outlined."""
-    order = {name: i for i, name in enumerate(explainers.names())}
-    loaded = {method: read_maps(path) for method, path in sorted(maps_paths.items(), key=lambda item: order[item[0]])}
+# The per-image score each overlay panel shows: AOPC on the finest grid and Max-Sensitivity at the
+# smallest radius (the settings that separate methods best on the default run), by short name.
+PANEL_SCORES = {"aopc": ("AOPC {:g} px", min), "max_sensitivity": ("MS r={:g}", min)}
+
+
+def panel_scores(scores: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """``(method, image_id) → "AOPC 8 px: 0.412\\nMS r=0.05: 0.103"``: each image's own value of every
+    metric of :data:`PANEL_SCORES` found in ``scores`` (long score rows, one model), for the overlays."""
+    notes: dict[tuple[str, str], list[str]] = {}
+    for metric, (short, pick) in PANEL_SCORES.items():
+        rows = scores[(scores["quantity"] == metric) & scores["image_id"].notna()]
+        if rows.empty:
+            continue
+        setting = pick(rows["parameter_value"].dropna()) if rows["parameter_value"].notna().any() else None
+        chosen = rows if setting is None else rows[rows["parameter_value"] == setting]
+        label = (short.split(" ")[0] if setting is None else short.format(setting)) + ":"
+        for method, image_id, value in zip(chosen["method"], chosen["image_id"], chosen["value"]):
+            notes.setdefault((method, str(image_id)), []).append(f"{label} {value:.3f}" if np.isfinite(value) else f"{label} n/a")
+    return {key: "\n".join(parts) for key, parts in notes.items()}
+
+
+def _load_picture(raw_dir: str | Path, row: pd.Series, image_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    with Image.open(Path(raw_dir) / str(row["path"])) as image:
+        picture = np.asarray(image.convert("RGB").resize((image_size, image_size)))
+    mask = None
+    if pd.notna(row["mask_path"]):
+        with Image.open(Path(raw_dir) / str(row["mask_path"])) as image:
+            mask = np.asarray(image.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127
+    return picture, mask
+
+
+def _overlay_grid(loaded: dict, positions: list[int], index: pd.DataFrame, raw_dir: str | Path, image_size: int,
+                  notes: dict[tuple[str, str], str], row_notes: list[str] | None = None) -> plt.Figure:
+    """A row per position of the map files (the same images in every file), the input then a column
+    per method: the map (ReLU, min-max, bilinear to the input) over the image, the ground truth
+    outlined, the image's scores (``notes``) under each map, a colour bar."""
     first = next(iter(loaded.values()))
-    count = min(examples, len(first.image_ids))
-    picks = np.linspace(0, len(first.image_ids) - 1, count).round().astype(int) if count else []
     rows = index.set_index("image_id")
     classes = json.loads(first.attrs["classes"])
     side = 2.2 if len(loaded) <= 6 else 1.6
-    figure, axes = plt.subplots(count, len(loaded) + 1, figsize=(side * (len(loaded) + 1), side * count), squeeze=False)
+    figure, axes = plt.subplots(len(positions), len(loaded) + 1, figsize=(side * (len(loaded) + 1), (side + 0.25) * len(positions)), squeeze=False)
     post = postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear")
-    for r, position in enumerate(picks):
+    shown = None
+    for r, position in enumerate(positions):
         image_id = first.image_ids[position]
-        row = rows.loc[image_id]
-        with Image.open(Path(raw_dir) / str(row["path"])) as image:
-            picture = np.asarray(image.convert("RGB").resize((image_size, image_size)))
-        mask = None
-        if pd.notna(row["mask_path"]):
-            with Image.open(Path(raw_dir) / str(row["mask_path"])) as image:
-                mask = np.asarray(image.convert("L").resize((image_size, image_size), Image.NEAREST)) > 127
+        picture, mask = _load_picture(raw_dir, rows.loc[image_id], image_size)
         label = classes[int(first.labels[position])] if classes else int(first.labels[position])
         predicted = classes[int(first.predictions[position])] if classes else int(first.predictions[position])
-        panels = [("input", None), *loaded.items()]
-        for c, (title, mapset) in enumerate(panels):
+        for c, (name, mapset) in enumerate([("input", None), *loaded.items()]):
             ax = axes[r, c]
             ax.imshow(picture)
             if mapset is not None:
                 heat = postprocess.apply(torch.from_numpy(mapset.maps[position : position + 1]), post, (image_size, image_size))[0]
                 shown = ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                ax.set_xlabel(notes.get((name, str(image_id)), ""), fontsize=6)
             if mask is not None:
                 ax.contour(mask, levels=[0.5], colors="white", linewidths=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(title if mapset is None else explainers.get(title).title, fontsize=8)
+                ax.set_title(name if mapset is None else explainers.get(name).title, fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"true {label}\npredicted {predicted}", fontsize=7)
+                extra = f"\n{row_notes[r]}" if row_notes else ""
+                ax.set_ylabel(f"true {label}\npredicted {predicted}{extra}", fontsize=7)
     figure.tight_layout()
-    if count and len(loaded):
+    if shown is not None:
         bar = figure.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
         bar.set_label("attribution (ReLU, min-max)", fontsize=7)
         bar.ax.tick_params(labelsize=6)
+    return figure
+
+
+def _load_in_registry_order(maps_paths: dict[str, str | Path]) -> dict:
+    order = {name: i for i, name in enumerate(explainers.names())}
+    return {method: read_maps(path) for method, path in sorted(maps_paths.items(), key=lambda item: order[item[0]])}
+
+
+def overlays(maps_paths: dict[str, str | Path], index: pd.DataFrame, raw_dir: str | Path, examples: int, image_size: int,
+             scores: pd.DataFrame | None = None) -> plt.Figure:
+    """A grid: a row per example test image (evenly spaced through the test split), the input then
+    one column per method, each map over the image with the ground-truth mask outlined and, from
+    ``scores`` (the model's long score rows), the image's own scores under it (:func:`panel_scores`)."""
+    loaded = _load_in_registry_order(maps_paths)
+    first = next(iter(loaded.values()))
+    count = min(examples, len(first.image_ids))
+    picks = [int(p) for p in np.linspace(0, len(first.image_ids) - 1, count).round().astype(int)] if count else []
+    if not picks:
+        return _empty("no test images")
+    notes = panel_scores(scores) if scores is not None and not scores.empty else {}
+    return _overlay_grid(loaded, picks, index, raw_dir, image_size, notes)
+
+
+def largest_differences(scores: pd.DataFrame, pair: list[str], count: int) -> tuple[float, pd.Series]:
+    """The finest region size of the per-image ``aopc`` rows in ``scores`` and, on it, the ``count``
+    images with the largest ``|AOPC_a − AOPC_b|`` for ``pair = [a, b]`` (image id → a − b, largest
+    first, ties in image order); images undefined for either method are left out."""
+    rows = scores[scores["quantity"] == "aopc"]
+    finest = float(rows["parameter_value"].min())
+    wide = rows[rows["parameter_value"] == finest].pivot_table(index="image_id", columns="method", values="value", aggfunc="first")
+    wide = wide.reindex(columns=pair).replace([np.inf, -np.inf], np.nan).dropna()
+    difference = wide[pair[0]] - wide[pair[1]]
+    return finest, difference.sort_values(key=np.abs, ascending=False, kind="stable").head(count)
+
+
+def disagreement(maps_paths: dict[str, str | Path], scores: pd.DataFrame, index: pd.DataFrame, raw_dir: str | Path, examples: int,
+                 image_size: int, pair: list[str] | None) -> plt.Figure:
+    """The test images on which the two methods of ``pair`` disagree most: the largest
+    ``|AOPC_a − AOPC_b|`` per image on the finest grid (the paired difference the tests are built
+    on), largest first, each row labelled with the difference; the pair's maps side by side."""
+    if not pair or len(pair) != 2 or not set(pair) <= set(maps_paths):
+        return _empty(f"aggregate.compare {pair} is not a pair of this model's methods")
+    rows = scores[(scores["quantity"] == "aopc") & scores["method"].isin(pair) & scores["image_id"].notna()] if not scores.empty else scores
+    if rows.empty:
+        return _empty("no per-image AOPC to compare")
+    finest, difference = largest_differences(rows, pair, examples)
+    if difference.empty:
+        return _empty(f"no image with a defined AOPC for both {pair[0]} and {pair[1]}")
+    loaded = {method: read_maps(maps_paths[method]) for method in pair}  # the pair's order, as the difference
+    position = {str(image_id): p for p, image_id in enumerate(next(iter(loaded.values())).image_ids)}
+    positions = [position[str(image_id)] for image_id in difference.index]
+    a, b = (explainers.get(m).title for m in pair)
+    row_notes = [f"AOPC {finest:g} px: {a} − {b}\n= {value:+.3f}" for value in difference]
+    figure = _overlay_grid(loaded, positions, index, raw_dir, image_size, panel_scores(rows), row_notes)
+    figure.suptitle(f"largest per-image AOPC differences, {a} − {b}", fontsize=9, y=1.01)
     return figure
 
 

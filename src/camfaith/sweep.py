@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 MEMBER_SEPARATOR = "-no"
+SEED_SEPARATOR = "-seed"
 STUDY_METHOD = "hirescam"  # the study's sweep reported HAAS of HiResCAM maps (a registry name: tests/test_explainers.py)
 
 
@@ -57,6 +58,31 @@ def expand(models: dict[str, dict[str, dict]]) -> tuple[dict[str, dict[str, dict
                 expanded[dataset][member] = settings
                 members.setdefault(dataset, {})[member] = {"grid_model": name, **dict(zip(keys, values))}
     return expanded, members
+
+
+def expand_seeds(models: dict[str, dict[str, dict]]) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, dict]]]:
+    """``(models, replicates)``: every entry with ``training.seeds: [s0, s1, …]`` replaced by one model
+    per seed, ``<name>-seed<s>``, trained with ``training.seed: s`` (nothing else differs);
+    ``replicates[dataset][member] = {"replicate_of": name, "seed": s}``. Run after :func:`expand`:
+    a grid entry with seeds is refused (its members' names are the sweep table's)."""
+    expanded: dict[str, dict[str, dict]] = {}
+    replicates: dict[str, dict[str, dict]] = {}
+    for dataset, entries in models.items():
+        expanded[dataset] = {}
+        for name, entry in entries.items():
+            seeds = (entry.get("training") or {}).get("seeds")
+            if not seeds:
+                expanded[dataset][name] = entry
+                continue
+            for seed in seeds:
+                member = f"{name}{SEED_SEPARATOR}{seed}"
+                if member in entries:
+                    raise ValueError(f"models.{dataset}: seed replicate {member!r} collides with a model of that name")
+                settings = copy.deepcopy(entry)
+                settings["training"] = {**{k: v for k, v in settings["training"].items() if k != "seeds"}, "seed": seed}
+                expanded[dataset][member] = settings
+                replicates.setdefault(dataset, {})[member] = {"replicate_of": name, "seed": seed}
+    return expanded, replicates
 
 
 def _describe(value: object) -> str:

@@ -143,14 +143,26 @@ def top_group_sentence(cell: Cell) -> str:
     return f"{cell.label}: {text}"
 
 
-def caveats(cell: Cell) -> list[str]:
-    """The things a reader must know beside this cell's numbers."""
+def flagged_note(flagged: list[Cell]) -> str | None:
+    """One caveat for every setting of a model whose controls were not ranked last."""
+    if not flagged:
+        return None
+    labels = [c.label for c in flagged]
+    controls = list(dict.fromkeys(title(m) for c in flagged for m in c.flagged_controls))
+    setting = f"{labels[0]} does" if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]} do"
+    where = "this setting does" if len(labels) == 1 else "these settings do"
+    return (f"{setting} not rank the control(s) {', '.join(controls)} last (a map that ignores the model is in the top group "
+            f"or beats a real method): {where} not measure faithfulness here")
+
+
+def caveats(cell: Cell, controls: bool = True) -> list[str]:
+    """The things a reader must know beside this cell's numbers (``controls``: with the flagged-control
+    note, which :func:`build` instead writes once per model for all its flagged settings)."""
     notes = []
-    if cell.flagged_controls:
-        names = ", ".join(title(m) for m in cell.flagged_controls)
-        notes.append(f"{cell.label} does not rank the control(s) {names} last (a map that ignores the model is in the top group "
-                     "or beats a real method): this setting does not measure faithfulness here")
+    if controls and cell.flagged_controls:
+        notes.append(flagged_note([cell]))
     metric_name = {"aopc": "AOPC", "max_sensitivity": "Max-Sensitivity", "haas": "HAAS"}[cell.metric]
+    tied, floored, undefined = [], [], []
     for row in cell.summary.itertuples():
         scored = int(row.n) + int(row.n_undefined)
         degenerate = {"all zero after ReLU": getattr(row, "n_map_zero", 0), "constant": getattr(row, "n_map_constant", 0),
@@ -158,15 +170,21 @@ def caveats(cell: Cell) -> list[str]:
         found = [f"{int(count)} {what}" for what, count in degenerate.items() if pd.notna(count) and count > 0]
         if found:  # the same for every setting of a metric: the caller drops repeats
             notes.append(f"{title(row.method)}: of the {scored} maps {metric_name} scored, {', '.join(found)}")
-        tied = getattr(row, "tied_share", np.nan)
-        if cell.metric == "aopc" and pd.notna(tied) and tied > TIED_SHARE_CAVEAT:
-            notes.append(f"{title(row.method)}: {100 * tied:.0f} % of its regions are tied under {cell.label} "
-                         "(ordered by the seeded tie-break, not by the map)")
-        floored = getattr(row, "n_floored", np.nan)
-        if cell.metric == "max_sensitivity" and pd.notna(floored) and floored > 0:
-            notes.append(f"{title(row.method)}: {int(floored)} of {int(row.n)} denominators floored under {cell.label} (near-zero reference map)")
+        share = getattr(row, "tied_share", np.nan)
+        if cell.metric == "aopc" and pd.notna(share) and share > TIED_SHARE_CAVEAT:
+            tied.append(f"{title(row.method)} {100 * share:.0f} %")
+        count = getattr(row, "n_floored", np.nan)
+        if cell.metric == "max_sensitivity" and pd.notna(count) and count > 0:
+            floored.append(f"{title(row.method)} {int(count)} of {int(row.n)}")
         if row.n_undefined > 0:
-            notes.append(f"{title(row.method)}: {int(row.n_undefined)} undefined values left out of {cell.label}")
+            undefined.append(f"{title(row.method)} {int(row.n_undefined)}")
+    # one line per kind and setting, naming the methods (a line per method and setting buried the rest)
+    if tied:
+        notes.append(f"{cell.label}: regions tied (ordered by the seeded tie-break, not by the map): {', '.join(tied)}")
+    if floored:
+        notes.append(f"{cell.label}: denominators floored (near-zero reference map): {', '.join(floored)}")
+    if undefined:
+        notes.append(f"{cell.label}: undefined values left out: {', '.join(undefined)}")
     return notes
 
 
@@ -175,8 +193,8 @@ class Verdict:
     sections: list[tuple[str, list[str], list[str]]]  # heading, sentences, caveats
     recommendation: list[str]
 
-    def markdown(self) -> str:
-        lines = ["# Verdict", "", "Which attribution map is more faithful, by how much, and how sure we are "
+    def markdown(self, heading: str = "Verdict") -> str:
+        lines = [f"# {heading}", "", "Which attribution map is more faithful, by how much, and how sure we are "
                  "(docs/statistics.md: every rule behind these sentences). Intervals: 95 % bootstrap of the paired "
                  "difference, resampling patients/groups; p-values Holm-corrected within each metric.", ""]
         for heading, sentences, notes in self.sections:
@@ -187,14 +205,14 @@ class Verdict:
         lines += ["## Recommendation", ""] + [f"- {s}." for s in self.recommendation] + [""]
         return "\n".join(lines)
 
-    def rst(self) -> str:
+    def rst(self, heading: str = "Verdict") -> str:
         def underline(text: str, char: str) -> str:
             return f"{text}\n{char * len(text)}\n"
 
         def escape(text: str) -> str:
             return text.replace("*", r"\*").replace("_", r"\_").replace("`", r"\`")
 
-        parts = [underline("Verdict", "="), "", "Which attribution map is more faithful, by how much, and how sure we are. Intervals: "
+        parts = [underline(heading, "="), "", "Which attribution map is more faithful, by how much, and how sure we are. Intervals: "
                  "95 % bootstrap of the paired difference, resampling patients/groups; p-values Holm-corrected within each metric.", ""]
         for heading, sentences, notes in self.sections:
             parts += [underline(escape(heading), "-")] + [f"- {escape(s)}." for s in sentences] + [""]
@@ -224,11 +242,36 @@ def win_counts(paired: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_sentences(seeds: pd.DataFrame, compare: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """A section per replicated model (``seeds.csv``, :func:`camfaith.aggregate.seeds_table`): the
+    compared pair's difference across training seeds, per metric setting, first method first."""
+    if seeds is None or seeds.empty or len(compare) != 2:
+        return []
+    a, b = sorted(compare)
+    sign = 1.0 if compare[0] == a else -1.0
+    sections = []
+    for (dataset, model), rows in seeds.groupby(["dataset", "model"], sort=True):
+        rows = rows[(rows["method_a"] == a) & (rows["method_b"] == b)]
+        if rows.empty:
+            continue
+        sentences = []
+        for row in rows.itertuples():
+            first_wins, second_wins = (row.a_better, row.b_better) if sign > 0 else (row.b_better, row.a_better)
+            low, high = sorted([sign * row.ci_low, sign * row.ci_high])
+            interval = f" [{signed(low)}, {signed(high)}]" if np.isfinite(low) else ""
+            sentences.append(f"{setting_label(row.metric, row.parameter_value)}: {title(compare[0])} − {title(compare[1])} = "
+                             f"{signed(sign * row.mean_difference)}{interval} over {row.seeds} seeds (t-interval); {title(compare[0])} "
+                             f"significantly better in {first_wins}, {title(compare[1])} in {second_wins}, no difference in {row.no_difference}")
+        sections.append((f"{dataset} / {model} across {int(rows['seeds'].max())} training seeds", sentences, []))
+    return sections
+
+
 def build(summary: pd.DataFrame, paired: pd.DataFrame, classification: pd.DataFrame, compare: list[str] | None = None,
-          friedman: pd.DataFrame | None = None) -> Verdict:
+          friedman: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None) -> Verdict:
     """The verdict from the tables. ``compare``: the pair of methods the study asks about (first
     one first in every sentence), e.g. ``["hirescam", "gradcam"]``; ``friedman``: the per-cell
-    Friedman table (:func:`camfaith.ranking.friedman_table`), whose p-value is quoted."""
+    Friedman table (:func:`camfaith.ranking.friedman_table`), whose p-value is quoted; ``seeds``:
+    ``seeds.csv``, a section per model trained with several seeds."""
     all_cells = cells(summary, paired)
     compare = [m for m in (compare or []) if m in set(summary["method"])]
     sections = []
@@ -247,8 +290,10 @@ def build(summary: pd.DataFrame, paired: pd.DataFrame, classification: pd.DataFr
             if p is not None:
                 sentence += f" (Friedman p = {p:.2g} over {len(cell.summary)} methods)"
             sentences.append(sentence)
-        notes = list(dict.fromkeys(note for cell in group for note in caveats(cell)))  # in order, without repeats
+        flagged = flagged_note([cell for cell in group if cell.flagged_controls])
+        notes = ([flagged] if flagged else []) + list(dict.fromkeys(note for cell in group for note in caveats(cell, controls=False)))
         sections.append((heading, sentences, notes))
+    sections += seed_sentences(seeds, compare)
     return Verdict(sections, recommendation(all_cells, paired, compare))
 
 
@@ -302,3 +347,82 @@ def recommendation(all_cells: list[Cell], paired: pd.DataFrame, compare: list[st
             lines.append(f"{title(compare[0])} prevails over {title(compare[1])} by {label} in {higher}/{row.cells} models "
                          f"(significant in {significant}/{row.cells})")
     return lines
+
+
+PAIR = ["method_a", "method_b"]
+
+
+def outcome(better: str | float, method_a: str, method_b: str) -> str:
+    """A paired test's result in words: ``HiResCAM better``, ``no difference``, or ``not scored``."""
+    if not isinstance(better, str):
+        return "not scored"
+    return "no difference" if better == "no difference" else f"{title(better)} better"
+
+
+def protocol_table(paired: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each protocol's paired tests side by side: a row per cell and method pair that any protocol
+    tested, with ``mean_difference_<p>``, ``p_holm_<p>`` and ``outcome_<p>`` (:func:`outcome`) per
+    protocol ``p`` and ``agree``: every protocol reached the same outcome (NA with one protocol).
+    A pair one protocol did not test reads ``not scored`` there, and counts as a disagreement."""
+    keys = CELL + PAIR
+    merged = None
+    for protocol, table in paired.items():
+        if table.empty:
+            table = pd.DataFrame(columns=keys + ["mean_difference", "p_holm", "better"])
+        part = table[keys + ["mean_difference", "p_holm", "better"]].rename(
+            columns={"mean_difference": f"mean_difference_{protocol}", "p_holm": f"p_holm_{protocol}", "better": f"better_{protocol}"})
+        merged = part if merged is None else merged.merge(part, on=keys, how="outer")
+    if merged is None:
+        return pd.DataFrame(columns=keys + ["agree"])
+    for protocol in paired:
+        merged[f"outcome_{protocol}"] = [outcome(b, a, c) for b, a, c in zip(merged[f"better_{protocol}"], merged["method_a"], merged["method_b"])]
+        merged = merged.drop(columns=f"better_{protocol}")
+    outcomes = merged[[f"outcome_{p}" for p in paired]]
+    merged["agree"] = outcomes.nunique(axis=1).eq(1) if len(paired) > 1 else pd.NA
+    return merged.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+def protocol_markdown(table: pd.DataFrame, protocols: list[str]) -> str:
+    """Where the protocols reach different verdicts: a count per metric, then every disagreement."""
+    lines = ["# The protocols compared", ""]
+    if len(protocols) < 2:
+        return "\n".join(lines + [f"One protocol ran ({', '.join(protocols)}): nothing to compare. "
+                                  "`--config 'protocol=[default, thesis]'` runs both side by side.", ""])
+    lines += [f"Each method pair of each dataset / model / metric setting, tested under every protocol ({', '.join(protocols)}; "
+              "docs/metrics.md §6 lists how they differ). A pair disagrees where the Holm-corrected paired tests reach different "
+              "outcomes (one method better, the other, or no difference).", "", "| metric | pairs | agree | disagree |", "|---|---|---|---|"]
+    for metric, rows in table.groupby("metric", sort=False):
+        agree = int(rows["agree"].sum())
+        lines.append(f"| {metric} | {len(rows)} | {agree} | {len(rows) - agree} |")
+    disagreements = table[~table["agree"].astype(bool)]
+    lines += ["", f"## Where they disagree ({len(disagreements)} of {len(table)} pairs)", ""]
+    if disagreements.empty:
+        return "\n".join(lines + ["Nowhere: every pair reaches the same outcome under every protocol.", ""])
+    header = "| dataset / model | setting | pair | " + " | ".join(protocols) + " |"
+    lines += [header, "|" + "---|" * (3 + len(protocols))]
+    for row in disagreements.itertuples():
+        cells = []
+        for protocol in protocols:
+            difference = getattr(row, f"mean_difference_{protocol}")
+            text = getattr(row, f"outcome_{protocol}")
+            cells.append(text if not np.isfinite(difference) else f"{text} ({signed(difference)}, {p_text(getattr(row, f'p_holm_{protocol}'))})")
+        lines.append(f"| {row.dataset} / {row.model} | {setting_label(row.metric, row.parameter_value)} | "
+                     f"{title(row.method_a)} − {title(row.method_b)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def protocol_rst(table: pd.DataFrame, protocols: list[str]) -> str:
+    """:func:`protocol_markdown` for the report: the counts, then every disagreement as a bullet."""
+    if len(protocols) < 2:
+        return ""
+    heading = "The protocols compared"
+    parts = [heading, "=" * len(heading), "", f"Holm-corrected paired tests of every method pair under {', '.join(protocols)} "
+             "(``results/aggregate/protocols.csv``).", ""]
+    for metric, rows in table.groupby("metric", sort=False):
+        parts.append(f"- {metric.replace('_', ' ')}: {int(rows['agree'].sum())} of {len(rows)} pairs agree")
+    parts.append("")
+    for row in table[~table["agree"].astype(bool)].itertuples():
+        outcomes = "; ".join(f"{p}: {getattr(row, f'outcome_{p}')}" for p in protocols)
+        parts.append(f"- {row.dataset} / {row.model}, {setting_label(row.metric, row.parameter_value)}, "
+                     f"{title(row.method_a)} vs {title(row.method_b)}: {outcomes}".replace("*", r"\*").replace("_", r"\_"))
+    return "\n".join(parts + [""])

@@ -5,5 +5,6 @@ logs.setup(snakemake.log[0])
 pipeline.aggregate_tables(
     list(snakemake.input.scores), list(snakemake.input.evaluations), snakemake.params.identities,
     snakemake.params.aggregate, dict(snakemake.output.items()), snakemake.params.skipped,
-    dict(zip(snakemake.params.datasets, snakemake.input.indexes, strict=True)),
+    dict(zip(snakemake.params.datasets, snakemake.input.indexes, strict=True)), snakemake.params.protocol,
+    snakemake.params.replicates,
 )
