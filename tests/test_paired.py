@@ -89,6 +89,17 @@ def test_haas_pairs_are_tested_on_the_ha_images_correctness():
     assert row["better"] == "gradcam"
 
 
+def test_haas_on_patients_with_several_images_tests_patients_not_images():
+    # 12 HA images fixed by gradcam, but all from 3 patients: McNemar would count 12 independent wins
+    correct = {"gradcam": [1.0] * 12 + [0.0] * 3, "hirescam": [0.0] * 15}
+    groups = {("d", f"i{i}"): f"patient{i // 4}" for i in range(15)}  # patients of 4, 4, 4 and 3 images
+    row = aggregate.paired_tests(_rows("haas", "correct_ha", np.nan, correct), groups=groups).iloc[0]
+    assert row["test"] == "wilcoxon_pratt_groups" and row["n_units"] == 4
+    units = np.array([1.0, 1.0, 1.0, 0.0])  # per patient, the mean of gradcam − hirescam (a − b)
+    assert row["p_value"] == pytest.approx(paired.wilcoxon_pratt(units))
+    assert row["p_value"] > 2 * 0.5**12  # far less sure than the images alone would claim
+
+
 def test_best_is_bold_only_where_the_corrected_test_says_so():
     rng = np.random.default_rng(1)
     few = _rows("aopc", "aopc", 8.0, {"gradcam": [0.2, 0.3], "hirescam": [0.5, 0.6]})  # 2 images: no test can decide

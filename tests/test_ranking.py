@@ -192,3 +192,20 @@ def test_critical_difference_figure_has_a_panel_per_cell():
     pair = titled["d / m · aopc"]
     assert "undefined" in pair.get_title() and "CD" not in [t.get_text() for t in pair.texts]
     assert len(plots.critical_difference(table.iloc[:0]).axes) == 1  # the "no Friedman tests" placeholder
+
+
+def test_friedman_blocks_are_patients_where_images_share_them():
+    rng = np.random.default_rng(3)
+    per_patient = {m: rng.normal(size=8) + offset for m, offset in (("gradcam", 0.8), ("hirescam", 0.0), ("gradcampp", 0.4))}
+    # three images per patient, each a patient's value plus image noise
+    values = {m: np.repeat(v, 3) + rng.normal(scale=0.3, size=24) for m, v in per_patient.items()}
+    scores = _long_table([("aopc", "region_px", 8.0, values)])
+    groups = {("d", f"img{i:02d}"): f"patient{i // 3}" for i in range(24)}
+    grouped = ranking.friedman_table(scores, CELL, DIRECTION, groups=groups)
+    assert (grouped["n_images"] == 24).all() and (grouped["n_blocks"] == 8).all()
+    means = np.column_stack([values[m].reshape(8, 3).mean(axis=1) for m in ("gradcam", "gradcampp", "hirescam")])
+    assert grouped["friedman_p"].iloc[0] == pytest.approx(ranking.friedman(means)[1])
+    # one image per group (or no groups): every image is a block
+    single = ranking.friedman_table(scores, CELL, DIRECTION, groups={("d", f"img{i:02d}"): f"p{i}" for i in range(24)})
+    assert (single["n_blocks"] == 24).all()
+    assert single["friedman_p"].iloc[0] == pytest.approx(ranking.friedman_table(scores, CELL, DIRECTION)["friedman_p"].iloc[0])

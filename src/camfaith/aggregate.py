@@ -187,7 +187,8 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, st
     (a − b; for HAAS the difference of HA-image accuracy) with its bootstrap 95 % interval
     ``ci_low, ci_high`` (resampling whole groups when ``groups``, ``(dataset, image_id) → group``, are
     given), ``p_value`` (Wilcoxon signed-rank with Pratt's zero handling, NaN with fewer than 2 pairs
-    or no non-zero difference; HAAS: exact McNemar on the paired correctness of the HA images),
+    or no non-zero difference; HAAS: exact McNemar on the paired correctness of the HA images, or,
+    where images share groups, Wilcoxon–Pratt on each group's mean correctness difference),
     ``effect_size`` (matched-pairs rank-biserial), ``p_holm`` (Holm over every test of the same
     metric in this study) and ``better``: the better method's name, or ``no difference`` unless
     ``p_holm`` < 0.05.
@@ -209,8 +210,10 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, st
             clustered = paired.has_clusters(image_groups_of_pair)
             # the unit of the test: a group (its images' mean difference) where images share groups, else an image
             units = paired.group_means(diff, image_groups_of_pair) if clustered else diff
-            if key[2] == "haas":  # paired correctness of the HA images (McNemar, on images)
+            if key[2] == "haas" and not clustered:  # paired correctness of the HA images (McNemar, on images)
                 test, p_value = "mcnemar_exact", paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5)
+            elif key[2] == "haas":  # McNemar counts images as independent: on patients, their mean correctness difference
+                test, p_value = "wilcoxon_pratt_groups", paired.wilcoxon_pratt(units)
             else:
                 test, p_value = ("wilcoxon_pratt_groups" if clustered else "wilcoxon_pratt"), paired.wilcoxon_pratt(units)
             rows.append({**dict(zip(CELL, key)), "method_a": a, "method_b": b, "n_pairs": len(diff), "n_units": len(units),

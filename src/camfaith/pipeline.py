@@ -355,7 +355,8 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     from camfaith import ranking
     from camfaith import verdict as verdicts
 
-    friedman = ranking.friedman_table(scores, agg.CELL, {m: d for m, d in agg.DIRECTION.items() if m != "haas"}) if not scores.empty else pd.DataFrame()
+    friedman = (ranking.friedman_table(scores, agg.CELL, {m: d for m, d in agg.DIRECTION.items() if m != "haas"}, groups=groups)
+                if not scores.empty else pd.DataFrame())
     wins = verdicts.win_counts(paired)
     seeds = agg.seeds_table(paired, replicates or {})
     result = verdicts.build(summary, paired, classification, params.get("compare"), friedman, seeds)

@@ -33,7 +33,7 @@ from scipy import stats
 ALPHA = 0.05
 
 # the columns friedman_table adds to the cell columns, in order
-COLUMNS = ["method", "n_images", "k_methods", "mean_rank", "friedman_statistic", "friedman_p", "critical_difference", "indistinguishable_from"]
+COLUMNS = ["method", "n_images", "n_blocks", "k_methods", "mean_rank", "friedman_statistic", "friedman_p", "critical_difference", "indistinguishable_from"]
 
 
 def _matrix(scores: np.ndarray) -> np.ndarray:
@@ -119,7 +119,8 @@ def cliques(ranks: np.ndarray, cd: float) -> list[tuple[int, ...]]:
     return groups
 
 
-def friedman_table(scores: pd.DataFrame, cell: list[str], direction: dict[str, tuple[str, bool]], alpha: float = ALPHA) -> pd.DataFrame:
+def friedman_table(scores: pd.DataFrame, cell: list[str], direction: dict[str, tuple[str, bool]], alpha: float = ALPHA,
+                   groups: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Mean ranks, Friedman test and Nemenyi CD per cell, with one row per cell and method.
 
     ``scores`` is the long score table (docs/formats.md §8), with columns ``cell + ["method",
@@ -132,7 +133,12 @@ def friedman_table(scores: pd.DataFrame, cell: list[str], direction: dict[str, t
     quantity is pivoted to image_id × method. Only images with a finite value for every method of
     the cell are kept, so a method that has no finite value leaves the cell with no images.
 
-    Columns: ``cell``, then ``method``, ``n_images`` (complete images), ``k_methods``, ``mean_rank``
+    ``groups`` (``(dataset, image_id) → group``, e.g. the patient): where a cell's images share groups,
+    the blocks of the test are the groups (each method's mean over a group's images), so a patient
+    with many images counts once, as in the paired tests; otherwise each image is a block.
+
+    Columns: ``cell``, then ``method``, ``n_images`` (complete images), ``n_blocks`` (the test's
+    blocks: groups or images), ``k_methods``, ``mean_rank``
     (1 = best), ``friedman_statistic``, ``friedman_p``, ``critical_difference`` (Nemenyi at
     ``alpha``, in ranks) and ``indistinguishable_from``: the other methods, sorted and separated by
     commas, whose mean rank differs from this one by less than the CD. That column is ``""`` when no
@@ -159,6 +165,11 @@ def friedman_table(scores: pd.DataFrame, cell: list[str], direction: dict[str, t
                              "add the column that tells them apart (e.g. protocol) to the cell")
         wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first", dropna=False, observed=True)
         wide = wide.replace([np.inf, -np.inf], np.nan).dropna()
+        images = len(wide)
+        if groups and "dataset" in identity:
+            labels = np.array([groups.get((identity["dataset"], str(i)), f"image:{i}") for i in wide.index])
+            if len(set(labels)) < len(labels):  # images share groups: rank group means
+                wide = wide.groupby(labels).mean()
         methods = [str(m) for m in wide.columns]
         matrix = wide.to_numpy(dtype=np.float64)
         n, k = matrix.shape
@@ -167,7 +178,7 @@ def friedman_table(scores: pd.DataFrame, cell: list[str], direction: dict[str, t
         cd = nemenyi_critical_difference(k, n, alpha) if k >= 3 and n >= 2 else float("nan")
         for j in np.lexsort((np.arange(k), ranks)):
             near = sorted(m for i, m in enumerate(methods) if i != j and abs(ranks[i] - ranks[j]) < cd)
-            out.append({**identity, "method": methods[j], "n_images": n, "k_methods": k, "mean_rank": float(ranks[j]),
+            out.append({**identity, "method": methods[j], "n_images": images, "n_blocks": n, "k_methods": k, "mean_rank": float(ranks[j]),
                         "friedman_statistic": statistic, "friedman_p": p_value, "critical_difference": cd,
                         "indistinguishable_from": ",".join(near)})
     return pd.DataFrame(out, columns=cell + COLUMNS)
