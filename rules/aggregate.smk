@@ -25,7 +25,7 @@ rule tables:
         protocol=lambda wildcards: wildcards.protocol,
         replicates=PLAN.replicates,
         identities=identities(),
-        skipped=skipped_scores(),
+        skipped=skipped_scores,
         datasets=list(config["datasets"]),
     log:
         "logs/aggregate/{protocol}/tables.log",

@@ -67,7 +67,7 @@ def model_score_files(protocol, dataset, model):
         f
         for metric in enabled_metrics()
         for f in expand("results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet", protocol=protocol, dataset=dataset, model=model,
-                        method=PLAN.scored(dataset, model, metric), metric=metric)
+                        method=PLAN.scored(dataset, model, metric, protocol), metric=metric)
     ]
 
 
@@ -80,9 +80,9 @@ def protocol_score_files(wildcards):
     return score_files(wildcards.protocol)
 
 
-def skipped_scores():
-    """The (dataset, model, method, metric) combinations a metric leaves out, with the reason (for the tables)."""
-    return [skip.as_dict() for skip in PLAN.skips]
+def skipped_scores(wildcards):
+    """The (dataset, model, method, metric) combinations a metric or the protocol leaves out, with the reason (for the tables)."""
+    return [skip.as_dict() for skip in PLAN.protocol_skips(wildcards.protocol)]
 
 
 def table_in_report(path, label):

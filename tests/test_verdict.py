@@ -152,16 +152,18 @@ def test_protocol_table_lines_up_each_protocols_outcome_and_finds_the_disagreeme
     assert rows.loc[("hirescam", "random"), "agree"] and rows.loc[("hirescam", "random"), "outcome_thesis"] == "HiResCAM better"
     text = verdict.protocol_markdown(table, ["default", "thesis"])
     assert "| aopc | 3 | 2 | 1 |" in text
-    assert "## Where they disagree (1 of 3 pairs)" in text
+    assert "## Where they disagree (1 of 3 pairs compared)" in text
     assert "| d / m1 | AOPC on 8 px regions | Grad-CAM − HiResCAM | HiResCAM better (-0.1" in text
 
 
-def test_a_pair_only_one_protocol_tested_reads_not_scored_and_disagrees():
+def test_a_pair_only_one_protocol_tested_reads_not_scored_and_is_not_compared():
     _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.2}))
     _, thesis = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}))
     table = verdict.protocol_table({"default": default, "thesis": thesis})
     missing = table[table["method_b"] == "random"]
-    assert (missing["outcome_thesis"] == "not scored").all() and not missing["agree"].any()
+    assert (missing["outcome_thesis"] == "not scored").all() and missing["agree"].isna().all()
+    text = verdict.protocol_markdown(table, ["default", "thesis"])
+    assert "| aopc | 1 | 1 | 0 |" in text and "(0 of 1 pairs compared)" in text
 
 
 def test_one_protocol_has_nothing_to_compare_and_says_how_to_run_both():

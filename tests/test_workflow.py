@@ -233,8 +233,9 @@ def test_bad_config_is_refused_before_any_job_naming_the_key(tmp_path, edit, nam
 def test_default_config_plans_and_lints_clean():
     result = snakemake(ROOT, "-n", "--cores", "1")
     jobs = planned_jobs(result.stdout + result.stderr) if "Job stats" in result.stdout + result.stderr else {}
-    # two flatten models x 13 methods x 3 metrics, less 4 methods Max-Sensitivity skips, plus the GAP model's 4 x 3
-    assert "Nothing to be done" in result.stdout + result.stderr or jobs.get("score") == 2 * (13 * 3 - 4) + 4 * 3
+    # default protocol: two flatten models x 13 methods x 3 metrics, less 4 methods Max-Sensitivity skips, plus the GAP
+    # model's 4 x 3; thesis protocol (protocol_methods): Grad-CAM and HiResCAM on the three models x 3 metrics
+    assert "Nothing to be done" in result.stdout + result.stderr or jobs.get("score") == 2 * (13 * 3 - 4) + 4 * 3 + 3 * 2 * 3
     lint = snakemake(ROOT, "--lint", check=False)
     assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
 
@@ -272,6 +273,26 @@ def test_adding_the_thesis_protocol_scores_beside_the_default_and_applies_the_st
     value = haas.loc[haas["quantity"] == "haas", "value"].iloc[0]
     assert value == round(value, 2)
     assert (haas["protocol"] == "thesis").all()
+
+
+def test_protocol_methods_limit_what_a_protocol_scores_and_its_tables_say_why(tmp_path):
+    def both(config):
+        config["protocol"] = ["default", "thesis"]
+        config["protocol_methods"] = {"thesis": ["gradcam", "hirescam"]}
+
+    result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", both)))
+    thesis = set(re.findall(r"output: results/score/thesis/synthetic/(\S+?)/\w+\.parquet", result.stdout))
+    assert thesis == {f"{model}/{method}" for model in ("tinyres", "tinygap") for method in ("gradcam", "hirescam")}
+    assert len(re.findall(r"output: results/score/default/", result.stdout)) == sum(scored(m) for m in ("aopc", "max_sensitivity", "haas"))
+    from camfaith import configuration
+
+    config = yaml.safe_load(TINY.read_text())
+    both(config)
+    plan = configuration.prepare(config, ROOT / "config/schema.yaml")
+    skips = {(s.model, s.method, s.metric): s.reason for s in plan.protocol_skips("thesis")}
+    assert skips[("tinyres", "integrated_gradients", "aopc")] == "not scored under the thesis protocol (protocol_methods.thesis: gradcam, hirescam)"
+    assert ("tinygap", "cam", "haas") in skips and ("tinyres", "gradcam", "aopc") not in skips
+    assert len(plan.protocol_skips("default")) == len(plan.skips)
 
 
 def test_overlay_inputs_are_the_metrics_the_panels_show():

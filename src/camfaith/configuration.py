@@ -59,11 +59,24 @@ class Plan:
     skips: tuple[Skip, ...] = field(default_factory=tuple)
     protocols: tuple[str, ...] = ("default",)
     replicates: dict[str, dict[str, dict]] = field(default_factory=dict)
+    protocol_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def scored(self, dataset: str, model: str, metric: str) -> list[str]:
-        """The methods ``metric`` scores on that model (all of its methods but the skipped ones)."""
+    def scored(self, dataset: str, model: str, metric: str, protocol: str | None = None) -> list[str]:
+        """The methods ``metric`` scores on that model (all of its methods but the skipped ones), under
+        ``protocol`` only those of its ``protocol_methods`` list where it has one."""
         left_out = {s.method for s in self.skips if (s.dataset, s.model, s.metric) == (dataset, model, metric)}
-        return [m for m in self.methods[(dataset, model)] if m not in left_out]
+        only = self.protocol_methods.get(protocol) if protocol else None
+        return [m for m in self.methods[(dataset, model)] if m not in left_out and (only is None or m in only)]
+
+    def protocol_skips(self, protocol: str) -> list[Skip]:
+        """The metric skips plus, under ``protocol``, the methods its ``protocol_methods`` leaves out."""
+        skips = list(self.skips)
+        only = self.protocol_methods.get(protocol)
+        if only is not None:
+            reason = f"not scored under the {protocol} protocol (protocol_methods.{protocol}: {', '.join(only)})"
+            skips += [Skip(d, m, method, metric, reason) for (d, m) in self.methods for metric in self.metrics
+                      for method in self.scored(d, m, metric) if method not in only]
+        return skips
 
 
 def load_schema(path: str | Path) -> dict:
@@ -137,7 +150,8 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
         for model, entry in models.items():
             methods[(dataset, model)] = model_methods(config["explain"]["methods"], entry, dataset, model, input_size)
     return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(_skips(config, methods, metrics)),
-                protocols=protocols(config["protocol"]), replicates=replicates)
+                protocols=protocols(config["protocol"]), replicates=replicates,
+                protocol_methods={p: tuple(chosen) for p, chosen in (config.get("protocol_methods") or {}).items()})
 
 
 def protocols(value: str | list[str]) -> tuple[str, ...]:

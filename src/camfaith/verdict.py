@@ -363,7 +363,8 @@ def protocol_table(paired: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Each protocol's paired tests side by side: a row per cell and method pair that any protocol
     tested, with ``mean_difference_<p>``, ``p_holm_<p>`` and ``outcome_<p>`` (:func:`outcome`) per
     protocol ``p`` and ``agree``: every protocol reached the same outcome (NA with one protocol).
-    A pair one protocol did not test reads ``not scored`` there, and counts as a disagreement."""
+    A pair one protocol did not test reads ``not scored`` there; ``agree`` is then NA (nothing to
+    compare: a protocol's ``protocol_methods`` may leave methods out on purpose)."""
     keys = CELL + PAIR
     merged = None
     for protocol, table in paired.items():
@@ -378,7 +379,9 @@ def protocol_table(paired: dict[str, pd.DataFrame]) -> pd.DataFrame:
         merged[f"outcome_{protocol}"] = [outcome(b, a, c) for b, a, c in zip(merged[f"better_{protocol}"], merged["method_a"], merged["method_b"])]
         merged = merged.drop(columns=f"better_{protocol}")
     outcomes = merged[[f"outcome_{p}" for p in paired]]
-    merged["agree"] = outcomes.nunique(axis=1).eq(1) if len(paired) > 1 else pd.NA
+    compared = outcomes.ne("not scored").all(axis=1) if len(paired) > 1 else pd.Series(False, index=merged.index)
+    merged["agree"] = pd.Series(pd.NA, index=merged.index, dtype="boolean")
+    merged.loc[compared, "agree"] = outcomes[compared].nunique(axis=1).eq(1)
     return merged.sort_values(keys, na_position="first").reset_index(drop=True)
 
 
@@ -388,14 +391,16 @@ def protocol_markdown(table: pd.DataFrame, protocols: list[str]) -> str:
     if len(protocols) < 2:
         return "\n".join(lines + [f"One protocol ran ({', '.join(protocols)}): nothing to compare. "
                                   "`--config 'protocol=[default, thesis]'` runs both side by side.", ""])
-    lines += [f"Each method pair of each dataset / model / metric setting, tested under every protocol ({', '.join(protocols)}; "
+    lines += [f"Each method pair of each dataset / model / metric setting that every protocol tested ({', '.join(protocols)}; "
               "docs/metrics.md §6 lists how they differ). A pair disagrees where the Holm-corrected paired tests reach different "
-              "outcomes (one method better, the other, or no difference).", "", "| metric | pairs | agree | disagree |", "|---|---|---|---|"]
-    for metric, rows in table.groupby("metric", sort=False):
-        agree = int(rows["agree"].sum())
+              "outcomes (one method better, the other, or no difference). Pairs a protocol did not score (`protocol_methods`) "
+              "are not compared.", "", "| metric | pairs compared | agree | disagree |", "|---|---|---|---|"]
+    compared = table[table["agree"].notna()]
+    for metric, rows in compared.groupby("metric", sort=False):
+        agree = int(rows["agree"].astype(bool).sum())
         lines.append(f"| {metric} | {len(rows)} | {agree} | {len(rows) - agree} |")
-    disagreements = table[~table["agree"].astype(bool)]
-    lines += ["", f"## Where they disagree ({len(disagreements)} of {len(table)} pairs)", ""]
+    disagreements = compared[~compared["agree"].astype(bool)]
+    lines += ["", f"## Where they disagree ({len(disagreements)} of {len(compared)} pairs compared)", ""]
     if disagreements.empty:
         return "\n".join(lines + ["Nowhere: every pair reaches the same outcome under every protocol.", ""])
     header = "| dataset / model | setting | pair | " + " | ".join(protocols) + " |"
@@ -418,10 +423,11 @@ def protocol_rst(table: pd.DataFrame, protocols: list[str]) -> str:
     heading = "The protocols compared"
     parts = [heading, "=" * len(heading), "", f"Holm-corrected paired tests of every method pair under {', '.join(protocols)} "
              "(``results/aggregate/protocols.csv``).", ""]
-    for metric, rows in table.groupby("metric", sort=False):
-        parts.append(f"- {metric.replace('_', ' ')}: {int(rows['agree'].sum())} of {len(rows)} pairs agree")
+    compared = table[table["agree"].notna()]
+    for metric, rows in compared.groupby("metric", sort=False):
+        parts.append(f"- {metric.replace('_', ' ')}: {int(rows['agree'].astype(bool).sum())} of {len(rows)} pairs agree")
     parts.append("")
-    for row in table[~table["agree"].astype(bool)].itertuples():
+    for row in compared[~compared["agree"].astype(bool)].itertuples():
         outcomes = "; ".join(f"{p}: {getattr(row, f'outcome_{p}')}" for p in protocols)
         parts.append(f"- {row.dataset} / {row.model}, {setting_label(row.metric, row.parameter_value)}, "
                      f"{title(row.method_a)} vs {title(row.method_b)}: {outcomes}".replace("*", r"\*").replace("_", r"\_"))
