@@ -48,29 +48,38 @@ def _empty(message: str) -> plt.Figure:
     return figure
 
 
-def morf_curves(scores: pd.DataFrame) -> plt.Figure:
-    """Mean target probability against the fraction of regions perturbed, a panel per model × region size."""
+def _curve_panels(scores: pd.DataFrame, draw, ylabel: str) -> plt.Figure:
+    """A panel per dataset × model × region size (coarse grids first, as the tables) of the AOPC
+    ``probability`` curves; ``draw(ax, method, rows)`` draws one method's curves in it."""
     curves = scores[scores["quantity"] == "probability"]
     if curves.empty:
         return _empty("no AOPC curves")
-    # coarse grids (large regions) first, as the tables
     keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups, key=lambda k: (k[0], k[1], -k[2]))
     figure, axes = _panels(len(keys), min(4, len(keys)))
     for ax, (dataset, model, region) in zip(axes.flat, keys):
         part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
         for method, group in part.groupby("method"):
-            by_step = group.groupby("step")["value"]
-            mean, spread = by_step.mean(), 1.96 * by_step.sem().fillna(0.0)  # normal 95 % band of the mean curve
-            fraction = mean.index / mean.index.max()
-            style = method_style(method)
-            ax.plot(fraction, mean.to_numpy(), **style)
-            ax.fill_between(fraction, (mean - spread).to_numpy(), (mean + spread).to_numpy(), color=style["color"], alpha=0.12, linewidth=0)
+            draw(ax, method, group)
         ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
         ax.set_xlabel("fraction of regions perturbed (MoRF)")
-        ax.set_ylabel("mean p(target)")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(ylabel)
     _legend(figure, axes)
     return figure
+
+
+def morf_curves(scores: pd.DataFrame) -> plt.Figure:
+    """Mean target probability against the fraction of regions perturbed, with a ±1.96 SE band, a
+    panel per model × region size."""
+    def draw(ax, method, group):
+        by_step = group.groupby("step")["value"]
+        mean, spread = by_step.mean(), 1.96 * by_step.sem().fillna(0.0)  # normal 95 % band of the mean curve
+        fraction = mean.index / mean.index.max()
+        style = method_style(method)
+        ax.plot(fraction, mean.to_numpy(), **style)
+        ax.fill_between(fraction, (mean - spread).to_numpy(), (mean + spread).to_numpy(), color=style["color"], alpha=0.12, linewidth=0)
+        ax.set_ylim(0, 1.02)
+
+    return _curve_panels(scores, draw, "mean p(target)")
 
 
 def running_aopc_curve(curves: pd.DataFrame) -> np.ndarray:
@@ -86,21 +95,11 @@ def running_aopc(scores: pd.DataFrame) -> plt.Figure:
     """The study's per-step AOPC (its ``plot_aopc_per_step``): after ``k`` of ``L`` regions,
     ``AOPC_k = 1/(k+1) Σ_{j=0..k} mean_images(f(x⁰) − f(x^j))``, so the last point is the AOPC of the
     tables (before any rounding); a panel per model × region size, x the fraction of regions perturbed."""
-    curves = scores[scores["quantity"] == "probability"]
-    if curves.empty:
-        return _empty("no AOPC curves")
-    keys = sorted(curves.groupby(["dataset", "model", "parameter_value"]).groups, key=lambda k: (k[0], k[1], -k[2]))
-    figure, axes = _panels(len(keys), min(4, len(keys)))
-    for ax, (dataset, model, region) in zip(axes.flat, keys):
-        part = curves[(curves["dataset"] == dataset) & (curves["model"] == model) & (curves["parameter_value"] == region)]
-        for method, group in part.groupby("method"):
-            running = running_aopc_curve(group)
-            ax.plot(np.arange(running.size) / max(running.size - 1, 1), running, **method_style(method))
-        ax.set_title(f"{dataset} / {model}\nregions of {region:g} px", fontsize=9)
-        ax.set_xlabel("fraction of regions perturbed (MoRF)")
-        ax.set_ylabel("AOPC so far")
-    _legend(figure, axes)
-    return figure
+    def draw(ax, method, group):
+        running = running_aopc_curve(group)
+        ax.plot(np.arange(running.size) / max(running.size - 1, 1), running, **method_style(method))
+
+    return _curve_panels(scores, draw, "AOPC so far")
 
 
 def _legend(figure: plt.Figure, axes: np.ndarray) -> None:
