@@ -156,20 +156,24 @@ def test_protocol_table_lines_up_each_protocols_outcome_and_finds_the_disagreeme
     assert "| d / m1 | AOPC on 8 px regions | Grad-CAM − HiResCAM | HiResCAM better (-0.1" in text
 
 
-def test_a_pair_only_one_protocol_tested_reads_not_scored_and_is_not_compared():
-    _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, "random": -0.2}))
-    _, thesis = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}))
+def test_protocols_are_compared_on_the_pairs_both_tested_with_the_same_holm_family():
+    # the default protocol tests 10 methods (45 pairs); the thesis protocol two of them (1 pair)
+    effects = dict.fromkeys(("gradcampp", "xgradcam", "layercam", "scorecam", "guided_backprop", "guided_gradcam", "integrated_gradients", "occlusion"), 0.0)
+    _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0, **effects}, images=12, noise=0.1))
+    _, thesis = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}, images=12, noise=0.1))
     table = verdict.protocol_table({"default": default, "thesis": thesis})
-    missing = table[table["method_b"] == "random"]
-    assert (missing["outcome_thesis"] == "not scored").all() and missing["agree"].isna().all()
-    text = verdict.protocol_markdown(table, ["default", "thesis"])
-    assert "| aopc | 1 | 1 | 0 |" in text and "(0 of 1 pairs compared)" in text
+    assert list(zip(table["method_a"], table["method_b"])) == [("gradcam", "hirescam")]  # only the pair both tested
+    row = table.iloc[0]
+    # one pair compared: Holm over one test is the raw p-value, for both protocols alike
+    assert row["p_holm_default"] == pytest.approx(row["p_value_default"]) and row["p_holm_thesis"] == pytest.approx(row["p_value_thesis"])
+    pair = default[(default["method_a"] == "gradcam") & (default["method_b"] == "hirescam")].iloc[0]
+    assert pair["p_holm"] > row["p_holm_default"]  # paired_tests.csv corrects over all 45 default pairs
 
 
 def test_one_protocol_has_nothing_to_compare_and_says_how_to_run_both():
     _, default = tables(long_scores({"hirescam": 0.1, "gradcam": 0.0}))
     table = verdict.protocol_table({"default": default})
-    assert table["agree"].isna().all()
+    assert table["agree"].isna().all() and (table["p_holm_default"] == default["p_holm"]).all()
     text = verdict.protocol_markdown(table, ["default"])
     assert "One protocol ran (default): nothing to compare" in text and "protocol=[default, thesis]" in text
     assert verdict.protocol_rst(table, ["default"]) == ""

@@ -397,8 +397,7 @@ def verdict_page(verdicts_md: dict[str, str], verdicts_rst: dict[str, str], pair
         markdown += "\n" + comparison_md
         rst += "\n" + verdicts.protocol_rst(table, protocols)
     compared = table["agree"].dropna().astype(bool)
-    log.info("verdict of %s; %d of %d method pairs compared disagree between protocols (%d tested by one protocol only)",
-             ", ".join(protocols), int((~compared).sum()), len(compared), len(table) - len(compared))
+    log.info("verdict of %s; %d of the %d method pairs every protocol tested disagree", ", ".join(protocols), int((~compared).sum()), len(compared))
     write_csv(table, out["protocols_csv"])
     for key, text in (("protocols_md", comparison_md), ("verdict_md", markdown), ("verdict_rst", rst)):
         with atomic_path(out[key]) as tmp:

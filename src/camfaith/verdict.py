@@ -352,37 +352,40 @@ def recommendation(all_cells: list[Cell], paired: pd.DataFrame, compare: list[st
 PAIR = ["method_a", "method_b"]
 
 
-def outcome(better: str | float, method_a: str, method_b: str) -> str:
-    """A paired test's result in words: ``HiResCAM better``, ``no difference``, or ``not scored``."""
-    if not isinstance(better, str):
-        return "not scored"
-    return "no difference" if better == "no difference" else f"{title(better)} better"
-
-
 def protocol_table(paired: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Each protocol's paired tests side by side: a row per cell and method pair that any protocol
-    tested, with ``mean_difference_<p>``, ``p_holm_<p>`` and ``outcome_<p>`` (:func:`outcome`) per
-    protocol ``p`` and ``agree``: every protocol reached the same outcome (NA with one protocol).
-    A pair one protocol did not test reads ``not scored`` there; ``agree`` is then NA (nothing to
-    compare: a protocol's ``protocol_methods`` may leave methods out on purpose)."""
+    """Each protocol's paired tests side by side, for the cells and method pairs that every protocol
+    tested (a protocol's ``protocol_methods`` may leave methods out on purpose): ``mean_difference_<p>``,
+    ``p_value_<p>``, ``p_holm_<p>`` and ``outcome_<p>`` (``HiResCAM better`` or ``no difference``) per
+    protocol ``p``, and ``agree``: every protocol reached the same outcome (NA with one protocol).
+
+    ``p_holm_<p>`` is Holm's correction of ``p_value_<p>`` over the compared pairs of the same
+    metric, not the one of ``paired_tests.csv``: every protocol then corrects over the same family.
+    A protocol that scores only two methods makes a few tests where another makes hundreds, and the
+    two corrections alone would make them disagree."""
+    from camfaith import paired as stats_paired
+
     keys = CELL + PAIR
     merged = None
     for protocol, table in paired.items():
         if table.empty:
-            table = pd.DataFrame(columns=keys + ["mean_difference", "p_holm", "better"])
-        part = table[keys + ["mean_difference", "p_holm", "better"]].rename(
-            columns={"mean_difference": f"mean_difference_{protocol}", "p_holm": f"p_holm_{protocol}", "better": f"better_{protocol}"})
-        merged = part if merged is None else merged.merge(part, on=keys, how="outer")
+            table = pd.DataFrame(columns=keys + ["mean_difference", "p_value"])
+        part = table[keys + ["mean_difference", "p_value"]].rename(
+            columns={"mean_difference": f"mean_difference_{protocol}", "p_value": f"p_value_{protocol}"})
+        merged = part if merged is None else merged.merge(part, on=keys, how="inner")
     if merged is None:
         return pd.DataFrame(columns=keys + ["agree"])
+    merged = merged.sort_values(keys, na_position="first").reset_index(drop=True)
     for protocol in paired:
-        merged[f"outcome_{protocol}"] = [outcome(b, a, c) for b, a, c in zip(merged[f"better_{protocol}"], merged["method_a"], merged["method_b"])]
-        merged = merged.drop(columns=f"better_{protocol}")
+        merged[f"p_holm_{protocol}"] = np.nan
+        for _, family in merged.groupby("metric").groups.items():
+            merged.loc[family, f"p_holm_{protocol}"] = stats_paired.holm(merged.loc[family, f"p_value_{protocol}"].to_numpy(dtype=np.float64))
+        sides = [stats_paired.verdict(d, p, DIRECTION[metric][1]) for d, p, metric in
+                 zip(merged[f"mean_difference_{protocol}"], merged[f"p_holm_{protocol}"], merged["metric"])]
+        merged[f"outcome_{protocol}"] = [f"{title(a)} better" if side == "a" else f"{title(b)} better" if side == "b" else side
+                                         for side, a, b in zip(sides, merged["method_a"], merged["method_b"])]
     outcomes = merged[[f"outcome_{p}" for p in paired]]
-    compared = outcomes.ne("not scored").all(axis=1) if len(paired) > 1 else pd.Series(False, index=merged.index)
-    merged["agree"] = pd.Series(pd.NA, index=merged.index, dtype="boolean")
-    merged.loc[compared, "agree"] = outcomes[compared].nunique(axis=1).eq(1)
-    return merged.sort_values(keys, na_position="first").reset_index(drop=True)
+    merged["agree"] = outcomes.nunique(axis=1).eq(1).astype("boolean") if len(paired) > 1 else pd.Series(pd.NA, index=merged.index, dtype="boolean")
+    return merged
 
 
 def protocol_markdown(table: pd.DataFrame, protocols: list[str]) -> str:
@@ -392,10 +395,11 @@ def protocol_markdown(table: pd.DataFrame, protocols: list[str]) -> str:
         return "\n".join(lines + [f"One protocol ran ({', '.join(protocols)}): nothing to compare. "
                                   "`--config 'protocol=[default, thesis]'` runs both side by side.", ""])
     lines += [f"Each method pair of each dataset / model / metric setting that every protocol tested ({', '.join(protocols)}; "
-              "docs/metrics.md §6 lists how they differ). A pair disagrees where the Holm-corrected paired tests reach different "
-              "outcomes (one method better, the other, or no difference). Pairs a protocol did not score (`protocol_methods`) "
-              "are not compared.", "", "| metric | pairs compared | agree | disagree |", "|---|---|---|---|"]
-    compared = table[table["agree"].notna()]
+              "docs/metrics.md §6 lists how they differ; pairs a protocol did not score, `protocol_methods`, are left out). A pair "
+              "disagrees where the paired tests reach different outcomes (one method better, the other, or no difference), each "
+              "Holm-corrected over these pairs of its metric, the same family for every protocol (so p_Holm here can differ from "
+              "paired_tests.csv).", "", "| metric | pairs compared | agree | disagree |", "|---|---|---|---|"]
+    compared = table
     for metric, rows in compared.groupby("metric", sort=False):
         agree = int(rows["agree"].astype(bool).sum())
         lines.append(f"| {metric} | {len(rows)} | {agree} | {len(rows) - agree} |")
@@ -421,9 +425,9 @@ def protocol_rst(table: pd.DataFrame, protocols: list[str]) -> str:
     if len(protocols) < 2:
         return ""
     heading = "The protocols compared"
-    parts = [heading, "=" * len(heading), "", f"Holm-corrected paired tests of every method pair under {', '.join(protocols)} "
-             "(``results/aggregate/protocols.csv``).", ""]
-    compared = table[table["agree"].notna()]
+    parts = [heading, "=" * len(heading), "", f"Paired tests of every method pair that {', '.join(protocols)} all tested, each "
+             "Holm-corrected over those pairs (``results/aggregate/protocols.csv``).", ""]
+    compared = table
     for metric, rows in compared.groupby("metric", sort=False):
         parts.append(f"- {metric.replace('_', ' ')}: {int(rows['agree'].astype(bool).sum())} of {len(rows)} pairs agree")
     parts.append("")
