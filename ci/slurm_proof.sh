@@ -14,7 +14,7 @@ FAIL_LIMIT=300                              # seconds for the failing one (under
 PARTITION=proof ACCOUNT=camfaith CLUSTER=camfaithproof
 HOST=$(hostname -s)
 GPU_RULES=" train evaluate explain score_batch "   # score jobs run inside score_batch groups
-CPU_RULES=" index split tables figures overlays "  # download is a localrule: no SLURM job
+CPU_RULES=" index split tables figures overlays verdict "  # download is a localrule: no SLURM job
 
 say() { printf '[slurm-proof %s] %s\n' "$(date +%T)" "$*"; }
 tail_logs() {
