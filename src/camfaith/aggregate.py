@@ -403,6 +403,12 @@ def seeds_table(paired: pd.DataFrame, replicates: dict[str, dict[str, dict]]) ->
     return pd.DataFrame(out, columns=SEEDS_COLUMNS)
 
 
+def _title(method: str) -> str:
+    from camfaith import explainers
+
+    return explainers.get(method).title if method in explainers.names() else method
+
+
 def seeds_markdown(table: pd.DataFrame) -> str:
     """``seeds.csv`` as Markdown: a section per replicated model, a row per setting and pair."""
     lines = ["# Across training seeds", "", "Each replicated model (`training.seeds`) is trained once per seed; per pair of methods: "
@@ -415,7 +421,7 @@ def seeds_markdown(table: pd.DataFrame) -> str:
                   "| metric | setting | a − b | mean [95 % t-interval] | SD | a better / b better / no difference |", "|---|---|---|---|---|---|"]
         for row in rows.itertuples():
             setting = "" if pd.isna(row.parameter_value) else f"{row.parameter_value:g}"
-            lines.append(f"| {row.metric} | {setting} | {row.method_a} − {row.method_b} | {row.mean_difference:+.3f} "
+            lines.append(f"| {row.metric} | {setting} | {_title(row.method_a)} − {_title(row.method_b)} | {row.mean_difference:+.3f} "
                          f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}] | {row.sd:.3f} | {row.a_better} / {row.b_better} / {row.no_difference} |")
         lines.append("")
     return "\n".join(lines)
