@@ -403,14 +403,10 @@ def seeds_table(paired: pd.DataFrame, replicates: dict[str, dict[str, dict]]) ->
     return pd.DataFrame(out, columns=SEEDS_COLUMNS)
 
 
-def _title(method: str) -> str:
-    from camfaith import explainers
-
-    return explainers.get(method).title if method in explainers.names() else method
-
-
 def seeds_markdown(table: pd.DataFrame) -> str:
     """``seeds.csv`` as Markdown: a section per replicated model, a row per setting and pair."""
+    from camfaith.verdict import title as _title
+
     lines = ["# Across training seeds", "", "Each replicated model (`training.seeds`) is trained once per seed; per pair of methods: "
              "the mean over seeds of the paired difference a − b with its 95 % t-interval over seeds, its SD, and in how many seeds "
              "the Holm-corrected test found a better, b better, or no difference (docs/statistics.md).", ""]
