@@ -14,7 +14,7 @@ FAIL_LIMIT=300                              # seconds for the failing one (under
 PARTITION=proof ACCOUNT=camfaith CLUSTER=camfaithproof
 HOST=$(hostname -s)
 GPU_RULES=" train evaluate explain score_batch "   # score jobs run inside score_batch groups
-CPU_RULES=" index split tables figures overlays verdict "  # download is a localrule: no SLURM job
+CPU_RULES=" index split score_ground_truth tables figures overlays verdict "  # download is a localrule: no SLURM job
 
 say() { printf '[slurm-proof %s] %s\n' "$(date +%T)" "$*"; }
 tail_logs() {
@@ -228,7 +228,7 @@ say "workflow done in $((SECONDS - t0))s"
 # --- every final output of the tiny config (rule all: tables, figures, overlays); then snakemake
 # itself, asked again in the same folder, must find nothing left to do: every score file the plan
 # holds (each model's methods × metrics, less skip_methods) exists and is up to date.
-expected=(results/aggregate/default/tables/{classification.csv,classification.md,summary.csv,paired_tests.csv,aopc.md,max_sensitivity.md,haas.md}
+expected=(results/aggregate/default/tables/{classification.csv,classification.md,summary.csv,paired_tests.csv,aopc.md,max_sensitivity.md,haas.md,pointing_game.md}
   results/aggregate/default/figures/{morf_curves,max_sensitivity,accuracy_vs_aopc}.{png,pdf}
   results/aggregate/default/figures/overlays/synthetic/{tinyres,tinygap}.{png,pdf}
   results/aggregate/{verdict.md,protocols.md})
@@ -236,8 +236,12 @@ for file in "${expected[@]}"; do [[ -s $WORK/run/$file ]] || fail "missing outpu
 (cd "$ROOT" && python -m snakemake -n --snakefile "$ROOT/Snakefile" --directory "$WORK/run" \
   --configfile "$ROOT/tests/tiny_config.yaml") >"$WORK/log/dry_run.log" 2>&1 || fail "snakemake -n after the run"
 grep -q 'Nothing to be done' "$WORK/log/dry_run.log" || fail "snakemake -n after the run still plans jobs: $(grep -A20 'Job stats' "$WORK/log/dry_run.log")"
-score_files=$(find "$WORK/run/results/score" -name '*.parquet' | wc -l)
+# per method (results/score/<protocol>/<dataset>/<model>/<method>/<metric>.parquet): the score jobs the
+# score_batch groups hold; a localisation metric's file is one level up, one CPU job per model
+score_files=$(find "$WORK/run/results/score" -mindepth 5 -name '*.parquet' | wc -l)
 ((score_files > 0)) || fail "no score files"
+ground_truth_files=$(find "$WORK/run/results/score" -mindepth 4 -maxdepth 4 -name '*.parquet' | wc -l)
+((ground_truth_files == 2)) || fail "expected the tiny run's pointing game once per model (2 files), found $ground_truth_files"
 say "all ${#expected[@]} final outputs and $score_files score files present; snakemake -n: nothing to be done"
 
 # --- what each job asked SLURM for, from the accounting database. -X: allocations, not steps;

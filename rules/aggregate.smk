@@ -8,9 +8,7 @@ rule tables:
         classification_md="results/aggregate/{protocol}/tables/classification.md",
         summary_csv=table_in_report("results/aggregate/{protocol}/tables/summary.csv", "faithfulness summary"),
         paired_csv=table_in_report("results/aggregate/{protocol}/tables/paired_tests.csv", "paired tests"),
-        aopc_md="results/aggregate/{protocol}/tables/aopc.md",
-        max_sensitivity_md="results/aggregate/{protocol}/tables/max_sensitivity.md",
-        haas_md="results/aggregate/{protocol}/tables/haas.md",
+        **metric_tables(),
         friedman_csv=table_in_report("results/aggregate/{protocol}/tables/friedman.csv", "Friedman and mean ranks"),
         win_counts_csv=table_in_report("results/aggregate/{protocol}/tables/win_counts.csv", "win counts"),
         seeds_csv=table_in_report("results/aggregate/{protocol}/tables/seeds.csv", "across training seeds"),
@@ -58,6 +56,8 @@ rule figures:
         accuracy_sensitivity_pdf="results/aggregate/{protocol}/figures/accuracy_vs_max_sensitivity.pdf",
         critical_difference_png=figure_in_report("results/aggregate/{protocol}/figures/critical_difference.png", "critical_difference", "critical difference"),
         critical_difference_pdf="results/aggregate/{protocol}/figures/critical_difference.pdf",
+        localisation_png=figure_in_report("results/aggregate/{protocol}/figures/localisation.png", "localisation", "localisation"),
+        localisation_pdf="results/aggregate/{protocol}/figures/localisation.pdf",
     log:
         "logs/aggregate/{protocol}/figures.log",
     benchmark:

@@ -27,7 +27,18 @@ def method_pattern():
 
 
 def metric_pattern():
+    """The ``metric`` wildcard: a name of the metric registry."""
     return "|".join(metrics.METRICS)
+
+
+def forward_metric_pattern():
+    """The score rule's metrics: those that run the model, scored per method."""
+    return "|".join(metrics.registry.names(forward=True))
+
+
+def ground_truth_metric_pattern():
+    """The score_ground_truth rule's metrics: those without forwards, scored per model over every method."""
+    return "|".join(metrics.registry.names(forward=False))
 
 
 def protocol_pattern():
@@ -62,13 +73,18 @@ def test_scores():
 
 
 def model_score_files(protocol, dataset, model):
-    """The score files of one model under one protocol: each metric on each of its methods, but the skipped ones."""
-    return [
-        f
-        for metric in enabled_metrics()
-        for f in expand("results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet", protocol=protocol, dataset=dataset, model=model,
-                        method=PLAN.scored(dataset, model, metric, protocol), metric=metric)
-    ]
+    """The score files of one model under one protocol: each metric with forwards on each of its methods,
+    but the skipped ones, and each metric without forwards once, over every method it scores."""
+    files = []
+    for metric in enabled_metrics():
+        scored = PLAN.scored(dataset, model, metric, protocol)
+        if metrics.get(metric).forward:
+            files += expand("results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet", protocol=protocol, dataset=dataset,
+                            model=model, method=scored, metric=metric)
+        elif scored:
+            files += expand("results/score/{protocol}/{dataset}/{model}/{metric}.parquet", protocol=protocol, dataset=dataset, model=model,
+                            metric=metric)
+    return files
 
 
 def score_files(protocol):
@@ -99,6 +115,11 @@ def overlay_in_report(path, caption, label):
     """An overlay figure of one protocol, dataset and model, as the report lists it (Overlays)."""
     return report(path, caption=f"../report/captions/{caption}.rst", category="Overlays", subcategory="{protocol} protocol",
                   labels={"dataset": "{dataset}", "model": "{model}", "figure": label})
+
+
+def metric_tables():
+    """The tables rule's Markdown table of every metric of the registry: ``<metric>_md``."""
+    return {f"{name}_md": f"results/aggregate/{{protocol}}/tables/{name}.md" for name in metrics.METRICS}
 
 
 def per_protocol(paths):
@@ -160,7 +181,8 @@ def dataset_adapter(dataset):
 
 def index_params(wildcards):
     dataset = config["datasets"][wildcards.dataset]
-    return {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), **dataset["index"]}
+    return {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), "ground_truth": registry.ground_truth(dataset),
+            **dataset["index"]}
 
 
 def split_params(wildcards):
@@ -207,6 +229,17 @@ def score_params(wildcards):
     return params
 
 
+def ground_truth_params(wildcards):
+    """A ground-truth metric's params (:func:`score_params`) and the dataset's kind of ground truth (mask or box)."""
+    return {**score_params(wildcards), "ground_truth": registry.ground_truth(config["datasets"][wildcards.dataset])}
+
+
+def ground_truth_maps(wildcards):
+    """Named inputs of a ground-truth metric: ``maps_<method>`` for every method it scores on the model."""
+    methods = PLAN.scored(wildcards.dataset, wildcards.model, wildcards.metric, wildcards.protocol)
+    return {f"maps_{method}": f"results/explain/{wildcards.dataset}/{wildcards.model}/{method}.h5" for method in methods}
+
+
 # Resident memory a torch job needs beyond its tensors: the interpreter, torch and its kernels.
 TORCH_JOB_OVERHEAD_MB = 1500
 
@@ -218,9 +251,9 @@ def score_mem_mb(wildcards):
     return 8000 if budget is None else int(budget) + TORCH_JOB_OVERHEAD_MB
 
 
-# The metrics whose per-image scores the overlay panels show (camfaith.plots.PANEL_SCORES, without
-# importing matplotlib here; tests/test_workflow.py checks the two agree): a HAAS edit redraws no overlay.
-OVERLAY_METRICS = ("aopc", "max_sensitivity")
+# The metrics whose per-image scores the overlay panels show (those with a panel label in the metric
+# registry, as camfaith.plots.PANEL_SCORES): a HAAS edit redraws no overlay.
+OVERLAY_METRICS = tuple(name for name, metric in metrics.REGISTRY.items() if metric.panel)
 
 
 def overlay_params(wildcards):

@@ -4,6 +4,8 @@ wildcard_constraints:
 
 
 rule score:
+    wildcard_constraints:
+        metric=forward_metric_pattern(),
     input:
         raw="results/download/{dataset}",
         index="results/index/{dataset}/index.parquet",
@@ -26,3 +28,28 @@ rule score:
         gpu=gpu_slots(),
     script:
         "../workflow/scripts/score.py"
+
+
+rule score_ground_truth:
+    wildcard_constraints:
+        metric=ground_truth_metric_pattern(),
+    input:
+        unpack(ground_truth_maps),
+        raw="results/download/{dataset}",
+        index="results/index/{dataset}/index.parquet",
+        split="results/split/{dataset}/split.parquet",
+    output:
+        scores="results/score/{protocol}/{dataset}/{model}/{metric}.parquet",
+    params:
+        software=SOFTWARE,
+        score=ground_truth_params,
+    log:
+        "logs/score/{protocol}/{dataset}/{model}/{metric}.log",
+    benchmark:
+        "benchmarks/score/{protocol}/{dataset}/{model}/{metric}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    script:
+        "../workflow/scripts/score_ground_truth.py"

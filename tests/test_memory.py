@@ -67,8 +67,20 @@ def test_footprint_of_a_real_model_grows_with_the_input(metric):
 
 
 def test_footprint_refuses_an_unknown_metric():
-    with pytest.raises(ValueError, match="no memory model for metric 'occlusion'"):
+    with pytest.raises(ValueError, match="unknown metric 'occlusion'; known: "):
         memory.footprint("occlusion", nn.Identity(), torch.zeros(1, 3, 4, 4))
+
+
+def test_every_metric_with_forwards_has_a_memory_model_and_the_others_need_none():
+    from camfaith import explainers
+    from camfaith.metrics import registry
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    for name in registry.names(forward=True):
+        need = memory.footprint(name, model, torch.zeros(1, 3, 16, 16), explainer=explainers.get("gradcam"))
+        assert need.fixed > 0 and need.per_sample > 0 and need.per_block_image > 0, name
+    for name in registry.names(forward=False):
+        assert memory.footprint(name, model, torch.zeros(1, 3, 16, 16)) == memory.Footprint(0, 0, 0), name
 
 
 # --- the score stage under a budget --------------------------------------------------------------------

@@ -51,13 +51,14 @@ def rules_common(config: dict, uses_gpu: bool) -> dict:
 def test_rescale_is_off_by_default_and_on_in_every_thesis_metric():
     assert postprocess.PostProcess().rescale is False
     assert postprocess.PostProcess.from_config({"relu": True, "minmax": True, "upsample": "bilinear"}).rescale is False
-    for metric in METRICS:
+    assert set(THESIS) == {"aopc", "max_sensitivity", "haas"}  # the study's metrics; it computed no localisation
+    for metric in THESIS:
         assert THESIS[metric]["postprocess"]["rescale"] is True
         assert thesis_post(metric) == postprocess.PostProcess(relu=True, minmax=True, upsample="bilinear", rescale=True)
         assert resolve(metric, {"postprocess": {"relu": True, "minmax": True, "upsample": "bilinear"}}, "default")["postprocess"].get("rescale") is None
 
 
-@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("metric", list(THESIS))
 def test_thesis_maps_span_zero_to_one_at_input_resolution(metric):
     raw = random_maps()
     maps = postprocess.apply(raw, thesis_post(metric), (224, 224))
@@ -189,7 +190,7 @@ def test_the_schema_takes_typed_per_dataset_metric_settings():
 # ---------- 3. float32: no autocast under the thesis protocol ----------
 
 def test_thesis_turns_mixed_precision_off_in_every_metric_and_default_keeps_it():
-    for metric in METRICS:
+    for metric in THESIS:
         assert THESIS[metric]["amp"] is False
         assert resolve(metric, {"amp": True}, "thesis")["amp"] is False
         assert resolve(metric, {}, "default").get("amp", True) is True

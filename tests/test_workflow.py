@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from camfaith.metrics import METRICS as METRIC_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_config.yaml")
 _TINY_CONFIG = yaml.safe_load(TINY.read_text())
@@ -22,9 +24,12 @@ SKIPPED = {"max_sensitivity": set(_TINY_CONFIG["metrics"]["max_sensitivity"]["sk
 def scored(metric: str) -> int:
     """Score jobs of one metric in the tiny run: every method of both models, but the skipped ones."""
     return len(set(METHODS) - SKIPPED.get(metric, set())) + len(set(GAP_METHODS) - SKIPPED.get(metric, set()))
-TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", "aopc.md", "max_sensitivity.md", "haas.md",
+TABLES = ("classification.csv", "classification.md", "summary.csv", "paired_tests.csv", *(f"{m}.md" for m in METRIC_NAMES),
           "friedman.csv", "win_counts.csv", "seeds.csv", "seeds.md", "study_tables.md", "study_tables.tex", "study_tables.html")
-FIGURES = ("morf_curves", "running_aopc", "max_sensitivity", "accuracy_vs_aopc", "accuracy_vs_max_sensitivity", "critical_difference")
+FIGURES = ("morf_curves", "running_aopc", "max_sensitivity", "accuracy_vs_aopc", "accuracy_vs_max_sensitivity", "critical_difference",
+           "localisation")
+# the metrics the tiny run scores: the faithfulness ones and the pointing game (the other localisation metrics are disabled there)
+TINY_METRICS = {"aopc", "max_sensitivity", "haas", "pointing_game"}
 
 pytestmark = pytest.mark.workflow
 
@@ -78,9 +83,11 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     summary = pd.read_csv(tiny_run / "results/aggregate/default/tables/summary.csv")
     assert set(summary.loc[summary["model"] == "tinyres", "method"]) == set(METHODS)
     assert set(summary.loc[summary["model"] == "tinygap", "method"]) == set(GAP_METHODS)
-    assert set(summary["metric"]) == {"aopc", "max_sensitivity", "haas"}
+    assert set(summary["metric"]) == TINY_METRICS
     sensitivity = summary[summary["metric"] == "max_sensitivity"]
     assert not set(sensitivity["method"]) & SKIPPED["max_sensitivity"]
+    disabled = (tiny_run / "results/aggregate/default/tables/relevance_rank.md").read_text()
+    assert disabled.startswith("# Relevance rank accuracy, higher is better") and disabled.rstrip().endswith("not run")
     table = (tiny_run / "results/aggregate/default/tables/max_sensitivity.md").read_text()
     assert re.search(r"^\| Score-CAM \| not run: left out by metrics\.max_sensitivity\.skip_methods \(one Score-CAM map costs one forward per "
                      r"channel of the target layer\) \|", table, flags=re.M), table
@@ -90,7 +97,7 @@ def test_tiny_config_produces_every_table_and_figure(tiny_run):
     assert aopc.groupby("parameter_value")["best_mean"].sum().ge(1).all()  # a best mean in every cell (ties share it)
     assert (aopc["best_mean"] | ~aopc["best"]).all()  # bold only where the mean is best (and the corrected test agrees)
     paired = pd.read_csv(tiny_run / "results/aggregate/default/tables/paired_tests.csv")
-    assert {"p_holm", "better", "ci_low", "ci_high", "effect_size"} <= set(paired.columns) and set(paired["metric"]) == {"aopc", "max_sensitivity", "haas"}
+    assert {"p_holm", "better", "ci_low", "ci_high", "effect_size"} <= set(paired.columns) and set(paired["metric"]) == TINY_METRICS
 
 
 def test_verdict_names_every_model_and_no_mean_is_infinite(tiny_run):
@@ -113,7 +120,7 @@ def test_verdict_names_every_model_and_no_mean_is_infinite(tiny_run):
     aopc = summary[summary["metric"] == "aopc"]
     assert aopc["tied_share"].between(0, 1).all()
     friedman = pd.read_csv(tiny_run / "results/aggregate/default/tables/friedman.csv")
-    assert set(friedman["metric"]) == {"aopc", "max_sensitivity"}
+    assert set(friedman["metric"]) == TINY_METRICS - {"haas"}
 
 
 def test_score_log_says_what_was_scored_left_out_and_how_fast(tiny_run):
@@ -165,18 +172,21 @@ def test_nothing_to_do_after_a_complete_run(tiny_run):
         ("haas", lambda c: c["metrics"]["haas"].update(accuracy="balanced")),
         ("aopc", lambda c: c["metrics"]["aopc"]["region_px"].append(4)),
         ("max_sensitivity", lambda c: c["metrics"]["max_sensitivity"].update(normalise=False)),
+        ("pointing_game", lambda c: c["metrics"]["pointing_game"].update(tolerance_px=[0, 3])),
     ],
-    ids=["haas-accuracy", "aopc-region-added", "max-sensitivity-normalise"],
+    ids=["haas-accuracy", "aopc-region-added", "max-sensitivity-normalise", "pointing-game-tolerance"],
 )
 def test_editing_one_metric_setting_replans_only_that_metric_and_aggregation(tiny_run, metric, edit):
     edited = write_config(tiny_run / f"edited_{metric}.yaml", edit)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
-    # the overlays show each image's AOPC and Max-Sensitivity, not its HAAS
-    redrawn = {"overlays": 2} if metric in ("aopc", "max_sensitivity") else {}
-    assert planned_jobs(output) == {"score": scored(metric), "tables": 1, "figures": 1, "verdict": 1, **redrawn, "all": 1}
+    # the overlays show each image's AOPC, Max-Sensitivity and pointing game, not its HAAS
+    redrawn = {"overlays": 2} if metric in ("aopc", "max_sensitivity", "pointing_game") else {}
+    # a localisation metric is one job per model, over all its methods
+    jobs = {"score_ground_truth": 2} if metric == "pointing_game" else {"score": scored(metric)}
+    assert planned_jobs(output) == {**jobs, "tables": 1, "figures": 1, "verdict": 1, **redrawn, "all": 1}
     planned_scores = re.findall(r"output: (results/score/\S+?\.parquet)", output)
-    assert len(planned_scores) == scored(metric) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
+    assert len(planned_scores) == next(iter(jobs.values())) and all(p.endswith(f"/{metric}.parquet") for p in planned_scores)
 
 
 def test_changing_one_methods_settings_replans_only_that_method(tiny_run):
@@ -186,9 +196,12 @@ def test_changing_one_methods_settings_replans_only_that_method(tiny_run):
     edited = write_config(tiny_run / "edited_ig.yaml", more_steps)
     result = snakemake(tiny_run, "-n", "--cores", "1", "--configfile", str(edited))
     output = result.stdout + result.stderr
-    assert planned_jobs(output) == {"explain": 1, "score": 3, "overlays": 1, "tables": 1, "figures": 1, "verdict": 1, "all": 1}
+    # the model's pointing game too: one job over all the model's methods
+    assert planned_jobs(output) == {"explain": 1, "score": 3, "score_ground_truth": 1, "overlays": 1, "tables": 1, "figures": 1, "verdict": 1,
+                                    "all": 1}
     planned = re.findall(r"output: (results/(?:explain|score)/\S+)", output)
-    assert planned and all("/integrated_gradients" in path for path in planned), planned
+    per_method = [path for path in planned if not path.endswith("/tinyres/pointing_game.parquet")]
+    assert len(per_method) == len(planned) - 1 and all("/integrated_gradients" in path for path in per_method), planned
     overlays = re.findall(r"output: (results/aggregate/default/figures/overlays/\S+?)[,\s]", output)
     assert overlays == ["results/aggregate/default/figures/overlays/synthetic/tinyres.png"], overlays  # the other model's is not redrawn
 
@@ -283,7 +296,8 @@ def test_protocol_methods_limit_what_a_protocol_scores_and_its_tables_say_why(tm
     result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", both)))
     thesis = set(re.findall(r"output: results/score/thesis/synthetic/(\S+?)/\w+\.parquet", result.stdout))
     assert thesis == {f"{model}/{method}" for model in ("tinyres", "tinygap") for method in ("gradcam", "hirescam")}
-    assert len(re.findall(r"output: results/score/default/", result.stdout)) == sum(scored(m) for m in ("aopc", "max_sensitivity", "haas"))
+    # and the pointing game once per model, under the default protocol only (the study computed no localisation)
+    assert len(re.findall(r"output: results/score/default/", result.stdout)) == sum(scored(m) for m in ("aopc", "max_sensitivity", "haas")) + 2
     from camfaith import configuration
 
     config = yaml.safe_load(TINY.read_text())
@@ -295,11 +309,15 @@ def test_protocol_methods_limit_what_a_protocol_scores_and_its_tables_say_why(tm
     assert len(plan.protocol_skips("default")) == len(plan.skips)
 
 
-def test_overlay_inputs_are_the_metrics_the_panels_show():
-    import ast
+def test_the_schema_rules_and_memory_planner_read_metric_names_from_the_registry():
+    """Where a metric name was spelled out before the registry (the schema's metric sections, the score
+    rules' wildcards, the memory planner's formulas), none is now: they read camfaith.metrics.REGISTRY.
+    The files that still name a metric do so for code about that one metric (its figures, HAAS's sweep)."""
+    from camfaith import configuration
+    from camfaith.metrics import METRICS
 
-    from camfaith import plots
-
-    common = (ROOT / "rules/common.smk").read_text()
-    declared = re.search(r"^OVERLAY_METRICS = (\(.*\))$", common, flags=re.M).group(1)
-    assert ast.literal_eval(declared) == tuple(plots.PANEL_SCORES)
+    pattern = re.compile(r"\b(?:" + "|".join(METRICS) + r")\b")
+    for path in (ROOT / "config/schema.yaml", ROOT / "Snakefile", ROOT / "rules/score.smk", ROOT / "src/camfaith/memory.py"):
+        assert not pattern.search(path.read_text()), (path, pattern.findall(path.read_text()))
+    schema = configuration.load_schema(ROOT / "config/schema.yaml")
+    assert list(schema["properties"]["metrics"]["properties"]) == list(METRICS)

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from camfaith.metrics import REGISTRY
+from camfaith.metrics.registry import direction
 from camfaith.store import read_parquet
 
-# metric → (per-image quantity, True if higher is better)
-DIRECTION = {"aopc": ("aopc", True), "max_sensitivity": ("max_sensitivity", False), "haas": ("haas", True)}
+# metric → (per-image quantity, True if higher is better), from the metric registry
+DIRECTION = direction()
 CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
 
 
@@ -36,6 +38,10 @@ def read_scores(paths: list[str | Path]) -> pd.DataFrame:
         if len(frame):
             meta = read_table_metadata(path)
             identity = tuple(str(frame[column].iloc[0]) for column in ("dataset", "model", "method", "metric"))
+            if "methods" in meta:  # a ground-truth metric's file: every method of one model (docs/formats.md §8)
+                for method, counts in meta["methods"].items():
+                    left_out[(identity[0], identity[1], method, identity[3])] = int(counts["images_left_out"])
+                continue
             left_out[identity] = int(meta.get("images_left_out", meta.get("images_total", 0) - meta.get("images_selected", 0)))
             if identity[3] == "haas":
                 accuracy[identity[:3]] = str((meta.get("settings") or {}).get("accuracy", "plain"))
@@ -67,9 +73,13 @@ def bootstrap_interval(values: np.ndarray, seed: int = 0, resamples: int = 2000)
 
 
 def per_image(scores: pd.DataFrame) -> pd.DataFrame:
-    """The per-image score rows of AOPC and Max-Sensitivity."""
-    wanted = [quantity for metric, (quantity, _) in DIRECTION.items() if metric != "haas"]
-    return scores[scores["quantity"].isin(wanted)]
+    """The per-image score rows of every metric whose table shows a mean over images (all but HAAS,
+    whose value is a dataset-level ratio), each metric's own quantity only."""
+    if scores.empty:
+        return scores
+    wanted = {(m.name, m.quantity) for m in REGISTRY.values() if m.dataset_quantity is None}
+    keys = pd.Series(list(zip(scores["metric"], scores["quantity"])), index=scores.index)
+    return scores[keys.isin(wanted)]
 
 
 def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFrame | None = None,
@@ -97,7 +107,7 @@ def summary_table(scores: pd.DataFrame, seed: int = 0, paired_table: pd.DataFram
             low, high = bootstrap_interval(values, seed)
         mean = float(values[finite].mean()) if finite.any() else float("nan")  # undefined values are counted, never averaged
         rows.append(dict(zip(CELL + ["method"], key), n=int(finite.sum()), n_undefined=int((~finite).sum()), mean=mean, ci_low=low, ci_high=high))
-    haas = scores[scores["quantity"] == "haas"]
+    haas = scores[(scores["metric"] == "haas") & (scores["quantity"] == REGISTRY["haas"].dataset_quantity)]
     for _, row in haas.iterrows():
         same_cell = (scores["dataset"] == row["dataset"]) & (scores["model"] == row["model"]) & (scores["method"] == row["method"])
         images = scores[(scores["quantity"] == "correct_ha") & same_cell]
@@ -196,7 +206,8 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, st
     from camfaith import paired
 
     rows = []
-    per_image_rows = scores[scores["quantity"].isin([*(q for q, _ in DIRECTION.values()), "correct_ha"])]
+    keys = pd.Series(list(zip(scores["metric"], scores["quantity"])), index=scores.index)
+    per_image_rows = scores[keys.isin({(m.name, m.quantity) for m in REGISTRY.values()})]
     per_image_rows = per_image_rows[per_image_rows["image_id"].notna()]
     for key, group in per_image_rows.groupby(CELL, dropna=False, observed=True):
         wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first", dropna=False)
@@ -210,9 +221,10 @@ def paired_tests(scores: pd.DataFrame, seed: int = 0, groups: dict[tuple[str, st
             clustered = paired.has_clusters(image_groups_of_pair)
             # the unit of the test: a group (its images' mean difference) where images share groups, else an image
             units = paired.group_means(diff, image_groups_of_pair) if clustered else diff
-            if key[2] == "haas" and not clustered:  # paired correctness of the HA images (McNemar, on images)
+            binary = REGISTRY[key[2]].binary and np.isin(pair.to_numpy(), (0.0, 1.0)).all()
+            if binary and not clustered:  # paired 0/1 outcomes (HA correct, hits): McNemar, on images
                 test, p_value = "mcnemar_exact", paired.mcnemar_exact(pair[a] > 0.5, pair[b] > 0.5)
-            elif key[2] == "haas":  # McNemar counts images as independent: on patients, their mean correctness difference
+            elif binary:  # McNemar counts images as independent: on patients, their mean difference
                 test, p_value = "wilcoxon_pratt_groups", paired.wilcoxon_pratt(units)
             else:
                 test, p_value = ("wilcoxon_pratt_groups" if clustered else "wilcoxon_pratt"), paired.wilcoxon_pratt(units)
@@ -258,7 +270,7 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
     for dataset, model in keys:
         cells = part[(part["dataset"] == dataset) & (part["model"] == model)]
         # AOPC: the coarsest grid first, as the study's tables (largest regions first); radii ascending
-        values = sorted(cells["parameter_value"].dropna().unique(), reverse=metric == "aopc") or [np.nan]
+        values = sorted(cells["parameter_value"].dropna().unique(), reverse=REGISTRY[metric].descending) or [np.nan]
         header = [parameter_label] + [_column_label(cells, v) for v in values] + ["images"]
         lines = [f"## {dataset} / {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         reasons = {s["method"]: s["reason"] for s in left_out if (s["dataset"], s["model"]) == (dataset, model)}
@@ -329,12 +341,13 @@ def study_table(summary: pd.DataFrame, metric: str, decimals: int = 3) -> pd.Dat
         return pd.DataFrame()
     order = {name: i for i, name in enumerate(explainers.names())}
     methods = sorted(part["method"].unique(), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
-    values = sorted(part["parameter_value"].dropna().unique(), reverse=metric == "aopc") or [np.nan]
+    values = sorted(part["parameter_value"].dropna().unique(), reverse=REGISTRY[metric].descending) or [np.nan]
     columns, records = [], {}
     for value in values:
         same = part[(part["parameter_value"] == value) | (pd.isna(value) & part["parameter_value"].isna())]
         grid = next((g for g in same.get("grid", pd.Series(dtype=str)).dropna() if g), "")
-        setting = "HAAS" if pd.isna(value) else (f"{grid} ({value:g} px)" if grid else f"r = {value:g}")
+        entry = REGISTRY[metric]
+        setting = entry.short if pd.isna(value) else (f"{grid} ({value:g} px)" if grid else entry.column_setting.format(value=value))
         for method in methods:
             column = (setting, explainers.get(method).title)
             columns.append(column)

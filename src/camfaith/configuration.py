@@ -19,9 +19,10 @@ from pathlib import Path
 import yaml
 
 from camfaith import explainers, sweep
+from camfaith.data.registry import ground_truth as dataset_ground_truth
 from camfaith.explainers import ModelFacts, Settings
 from camfaith.metrics import METRICS as METRIC_NAMES
-from camfaith.metrics import PROTOCOLS
+from camfaith.metrics import PROTOCOLS, REGISTRY
 
 # The image of every rule under --sdm apptainer when a config replacing config/config.yaml
 # (--replace-workflow-config) names none: the Dockerfile built locally, as config/config.yaml says.
@@ -64,29 +65,40 @@ class Plan:
     def scored(self, dataset: str, model: str, metric: str, protocol: str | None = None) -> list[str]:
         """The methods ``metric`` scores on that model (all of its methods but the skipped ones), under
         ``protocol`` only those of its ``protocol_methods`` list where it has one."""
+        if protocol and not REGISTRY[metric].in_protocol(protocol):
+            return []
         left_out = {s.method for s in self.skips if (s.dataset, s.model, s.metric) == (dataset, model, metric)}
         only = self.protocol_methods.get(protocol) if protocol else None
         return [m for m in self.methods[(dataset, model)] if m not in left_out and (only is None or m in only)]
 
     def protocol_skips(self, protocol: str) -> list[Skip]:
-        """The metric skips plus, under ``protocol``, the methods its ``protocol_methods`` leaves out."""
-        skips = list(self.skips)
+        """The metric skips plus, under ``protocol``, the methods its ``protocol_methods`` leaves out and
+        the metrics it does not have (the study computed no localisation)."""
+        outside = [metric for metric in self.metrics if not REGISTRY[metric].in_protocol(protocol)]
+        reason = f"not part of the {protocol} protocol (the study did not compute {{}}; it runs under the default protocol)"
+        skips = [Skip(d, m, method, metric, reason.format(REGISTRY[metric].short)) for metric in outside for (d, m) in self.methods
+                 for method in self.scored(d, m, metric)]
+        skips += [s for s in self.skips if s.metric not in outside]
         only = self.protocol_methods.get(protocol)
         if only is not None:
             reason = f"not scored under the {protocol} protocol (protocol_methods.{protocol}: {', '.join(only)})"
             skips += [Skip(d, m, method, metric, reason) for (d, m) in self.methods for metric in self.metrics
-                      for method in self.scored(d, m, metric) if method not in only]
+                      for method in self.scored(d, m, metric) if method not in only and metric not in outside]
         return skips
 
 
 def load_schema(path: str | Path) -> dict:
-    """The JSON schema of ``path`` with the explainer registry filled in: ``method_name`` gets the
-    registry's names as its enum, and ``method_entry``'s mapping form one property per method whose
-    value is that method's settings schema."""
+    """The JSON schema of ``path`` with the registries filled in: ``method_name`` gets the explainer
+    registry's names as its enum, ``method_entry``'s mapping form one property per method whose value
+    is that method's settings schema, and ``metrics`` (and each dataset's ``metrics``) one property
+    per metric of the metric registry, with its settings schema."""
     schema = yaml.safe_load(Path(path).read_text())
     definitions = schema["definitions"]
     definitions["method_name"]["enum"] = list(explainers.names())
     definitions["protocol_name"]["enum"] = list(PROTOCOLS)
+    schema["properties"]["metrics"]["properties"] = {name: metric.schema() for name, metric in REGISTRY.items()}
+    per_dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]["metrics"]
+    per_dataset["properties"] = {name: metric.schema(per_dataset=True) for name, metric in REGISTRY.items()}
     mapping = definitions["method_entry"]["oneOf"][1]
     mapping["properties"] = {name: {"oneOf": [{"type": "null"}, e.settings.schema()]} for name, e in explainers.REGISTRY.items()}
     mapping["additionalProperties"] = False
@@ -161,9 +173,20 @@ def protocols(value: str | list[str]) -> tuple[str, ...]:
 
 
 def check_datasets(config: dict, metrics: tuple[str, ...]) -> None:
-    """What the schema cannot say about each dataset: split fractions summing to 1, and AOPC regions
-    smaller than the images they perturb."""
+    """What the schema cannot say about each dataset: split fractions summing to 1, AOPC regions
+    smaller than the images they perturb, a ground-truth metric's settings only on a dataset with
+    ground truth, and ``region: mask`` only where the dataset has masks."""
     for name, dataset in config["datasets"].items():
+        kind = dataset_ground_truth(dataset)
+        for metric in (m for m in REGISTRY.values() if m.ground_truth):
+            own = (dataset.get("metrics") or {}).get(metric.name)
+            if own is not None and kind == "none":
+                raise ConfigError(f"config datasets.{name}.metrics.{metric.name}: {metric.short} needs ground truth, and dataset {name} has "
+                                  f"none (datasets.{name}.ground_truth: mask or box, with the masks or boxes in its index)")
+            region = (own or {}).get("region", config["metrics"].get(metric.name, {}).get("region", "auto"))
+            if metric.name in metrics and kind == "box" and region == "mask":
+                raise ConfigError(f"config metrics.{metric.name}.region: mask, but dataset {name} has boxes only "
+                                  f"(datasets.{name}.ground_truth: box); use region: auto or box")
         fractions = dataset["split"]["fractions"]
         if abs(sum(fractions.values()) - 1) > 1e-6:
             raise ConfigError(f"config datasets.{name}.split.fractions: train + val + test must be 1, got "
@@ -259,6 +282,11 @@ def model_methods(defaults: list, entry: dict, dataset: str, model: str, input_s
 
 def _skips(config: dict, methods: dict, metrics: tuple[str, ...]) -> list[Skip]:
     skips = []
+    for metric in (m for m in metrics if REGISTRY[m].ground_truth):
+        for dataset, entry in config["datasets"].items():
+            if dataset_ground_truth(entry) == "none":
+                reason = f"no ground truth: dataset {dataset} has no masks or boxes (datasets.{dataset}.ground_truth)"
+                skips += [Skip(dataset, model, name, metric, reason) for (d, model), chosen in methods.items() if d == dataset for name in chosen]
     for metric in metrics:
         for name in config["metrics"][metric].get("skip_methods", []):
             explainer = explainers.get(name)

@@ -95,28 +95,15 @@ def probe(model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None
 
 def footprint(metric: str, model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None,
               explainer: Explainer | None = None, settings: Settings | None = None) -> Footprint:
-    """Memory model of ``metric`` for ``model`` on inputs shaped like ``sample [1, C, H, W]``.
+    """Memory model of ``metric`` for ``model`` on inputs shaped like ``sample [1, C, H, W]``: the
+    probe's sizes (:func:`probe`) put into the formula of the metric's runner (its ``footprint``,
+    named by :mod:`camfaith.metrics.registry`). Max-Sensitivity needs the ``explainer`` (and its
+    ``settings``) that re-explains."""
+    from camfaith import scoring
 
-    Per forward input: the activations, plus the perturbed input and its sources (AOPC: the image,
-    its noise fill and the mask; Max-Sensitivity: the image, the noise, the map and what the
-    explainer needs to re-explain it, from its declared footprint). Per loaded image: the image,
-    AOPC's fill and int64 region ranks, the reference maps.
-    """
     sizes = probe(model, sample, layer)
-    image, plane = sizes.image, sizes.plane
     params = sum(_bytes(t) for t in model.parameters()) + sum(_bytes(t) for t in model.buffers())
-    activations = int(ACTIVATION_SAFETY * sizes.peak)
-    if metric == "aopc":
-        return Footprint(fixed=2 * params, per_block_image=2 * image + 12 * plane, per_sample=activations + 3 * image + 9 * plane)
-    if metric == "max_sensitivity":
-        if explainer is None:
-            raise ValueError("the Max-Sensitivity memory model needs the explainer that re-explains")
-        need = explainer.footprint(sizes, settings if settings is not None else explainer.settings())
-        return Footprint(fixed=2 * params + need.fixed, per_block_image=image + 8 * plane,
-                         per_sample=activations + 3 * image + need.per_image + 8 * plane)
-    if metric == "haas":
-        return Footprint(fixed=2 * params, per_block_image=2 * image, per_sample=activations + image)
-    raise ValueError(f"no memory model for metric {metric!r}")
+    return scoring.runner_class(metric).footprint(sizes, params, explainer, settings)
 
 
 def fit(need: Footprint, batch_size: int, images_per_block: int, budget_mb: float | None) -> Plan:

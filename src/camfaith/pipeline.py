@@ -88,7 +88,8 @@ def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_
     from camfaith.data import index as index_stage
 
     declared = params.get("classes")
-    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"], declared)
+    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"], declared,
+                                                params.get("ground_truth", "none"))
     write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
     write_table(table, index_path, {"classes": index_stage.class_names(table, declared)})
 
@@ -240,6 +241,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     from camfaith.data.images import Preprocessing
     from camfaith.explainers.runtime import image_seeds, layer_for
     from camfaith.metrics import common, resolve
+    from camfaith.metrics import get as get_metric
     from camfaith.models import load_checkpoint, memory_format, pick_device
     from camfaith.store import finite_maps, map_settings, read_maps
 
@@ -264,7 +266,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     explainer = explainers.get(str(maps.attrs["method"]))
     explainer_settings = explainer.make_settings(map_settings(maps), f"the settings recorded in {maps_path}")
     layer = None
-    if metric in scoring.REEXPLAINS:
+    if get_metric(metric).reexplains:
         layer = layer_for(explainer, model, str(maps.attrs["layer"]) if "layer" in maps.attrs else None)[1]
     seeds = image_seeds(int(maps.attrs.get("seed", 0)), maps.image_ids)
     plan = memory.Plan(settings["batch_size"], settings["images_per_block"], None, float("nan"))
@@ -311,6 +313,72 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     write_table(frame, scores_path, metadata)
 
 
+# Images per block of a ground-truth metric: maps at input resolution, 4 bytes a pixel (256 x 224 x 224: 51 MB)
+GROUND_TRUTH_BLOCK = 256
+
+
+def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, str], metric: str, params: dict, scores_path,
+                       identity: dict) -> None:
+    """One localisation metric on every method of one model (``maps_paths``: method → its maps file)
+    against the dataset's ground truth → one long Parquet (docs/formats.md §8). No model is loaded:
+    the maps, the masks and boxes (at the maps' input resolution, :meth:`ImageTable.load_ground_truth`)
+    and the stored logits are all it reads. ``params`` holds the metric's ``settings``, ``protocol``,
+    ``ground_truth`` (the dataset's kind: mask or box), ``seed`` and, where the dataset has them,
+    ``overrides``."""
+    import numpy as np
+    import torch
+
+    from camfaith import scoring
+    from camfaith.data.images import Preprocessing
+    from camfaith.metrics import common, resolve
+    from camfaith.store import finite_maps, read_maps
+
+    settings = resolve(metric, params["settings"], params["protocol"], params.get("overrides"))
+    kind = params["ground_truth"]
+    maps_of = {method: read_maps(path) for method, path in maps_paths.items()}
+    first = next(iter(maps_of.values()))
+    size = int(first.attrs["input_size"])
+    test = _test_table(raw_dir, index_path, split_path, Preprocessing(size))
+    loaded = [test.load_ground_truth(position, kind) for position in range(len(test))]
+    masks = torch.stack([mask for mask, _ in loaded]) if loaded else torch.zeros(0, size, size, dtype=torch.bool)
+    boxes = torch.stack([box for _, box in loaded]) if loaded else torch.zeros(0, 4)
+    empty = [test.image_ids[i] for i in np.flatnonzero(~masks.flatten(1).any(dim=1).numpy())]
+    if empty:
+        log.warning("%d of %d test images have an empty ground truth at %d px (their %s is undefined, NaN): %s", len(empty), len(test),
+                    size, metric, empty[:10])
+    frames, per_method = [], {}
+    for method, maps in maps_of.items():
+        if test.image_ids != maps.image_ids:
+            raise ValueError(f"{maps_paths[method]}: its image ids do not match the test split of {split_path}; re-run explain")
+        chosen = common.select(maps.labels, maps.predictions, settings["images"])
+        finite = finite_maps(maps.maps)
+        selected, undefined = chosen[finite[chosen]], chosen[~finite[chosen]]
+        if len(undefined):
+            log.warning("%d of %d selected images have a non-finite %s map: their %s is NaN, not scored", len(undefined), len(chosen), method, metric)
+        context = scoring.Context(model=None, maps=maps, settings=settings, preprocessing=test.preprocessing, device=torch.device("cpu"),
+                                  seed=params["seed"], amp=False)
+        def blocks(maps=maps, selected=selected, block_size=GROUND_TRUTH_BLOCK):
+            for start in range(0, len(selected), block_size):
+                positions = selected[start:start + block_size]
+                yield scoring.Block(images=None, raw=torch.from_numpy(maps.maps[positions]), targets=torch.from_numpy(maps.targets[positions]),
+                                    image_ids=[maps.image_ids[p] for p in positions], positions=positions, seeds=[0] * len(positions),
+                                    masks=masks[positions], boxes=boxes[positions])
+
+        rows = scoring.run(metric, context, blocks(), selected, undefined)
+        frames.append(common.score_frame(rows, {**identity, "method": method, "metric": metric, "protocol": params["protocol"]}))
+        per_method[method] = {"images_selected": len(chosen), "images_left_out": len(maps.image_ids) - len(chosen),
+                              "images_nonfinite_map": [maps.image_ids[p] for p in undefined],
+                              "values_undefined": scoring.undefined_counts(rows, metric), "maps_degenerate": scoring.degenerate_counts(rows),
+                              "weights_sha256": str(maps.attrs["weights_sha256"]), "resolution": str(maps.attrs["resolution"])}
+        log.info("%s of %s: %d of %d test images scored, undefined per setting: %s, degenerate maps: %s", metric, method, len(selected),
+                 len(maps.image_ids), per_method[method]["values_undefined"] or "none", per_method[method]["maps_degenerate"] or "none")
+    frame = pd.concat(frames, ignore_index=True)
+    metadata = {"format": common.SCORES_FORMAT, "settings": settings, "protocol": params["protocol"], "seed": params["seed"],
+                "ground_truth": kind, "images_empty_ground_truth": empty, "images_total": len(test), "input_size": size,
+                "methods": per_method, "package_versions": package_versions()}
+    write_table(frame, scores_path, metadata)
+
+
 # How the Markdown tables mark a winner (docs/statistics.md)
 BOLD_RULE = ("In bold: the best mean of a column, where that method is better than every other method of the column by the "
              "Holm-corrected paired test (paired_tests.csv); no bold means the methods cannot be told apart.")
@@ -342,27 +410,26 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
         labels = agg.grid_label(scores)
         summary["grid"] = [labels.get((d, m, v), "") if metric == "aopc" else "" for d, m, metric, v in
                            zip(summary["dataset"], summary["model"], summary["metric"], summary["parameter_value"])]
-    texts = {
-        "classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification),
-        "aopc_md": "# AOPC (MoRF), higher is better\n\nColumns: region size in px (grid); cells: mean [95% bootstrap CI] over the "
-                   "scored images. " + BOLD_RULE + " " + IMAGES_RULE + "\n\n" + agg.markdown_by_model(summary, "aopc", "method", skipped),
-        "max_sensitivity_md": "# Max-Sensitivity, lower is better\n\nColumns: noise radius r (L∞, normalised input); cells: mean [95% "
-                              "bootstrap CI]. " + BOLD_RULE + " " + IMAGES_RULE + "\n\n"
-                              + agg.markdown_by_model(summary, "max_sensitivity", "method", skipped),
-        "haas_md": "# HAAS, higher is better (above 1: the map's emphasis helps the model)\n\n" + BOLD_RULE + " " + IMAGES_RULE + "\n\n"
-                   + agg.markdown_by_model(summary, "haas", "method", skipped),
-    }
     from camfaith import ranking
     from camfaith import verdict as verdicts
+    from camfaith.metrics import REGISTRY
 
-    friedman = (ranking.friedman_table(scores, agg.CELL, {m: d for m, d in agg.DIRECTION.items() if m != "haas"}, groups=groups)
-                if not scores.empty else pd.DataFrame())
+    texts = {"classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification)}
+    for name, metric in REGISTRY.items():
+        columns = f"Columns: {metric.column}; cells: mean [95% bootstrap CI] over the scored images. " if metric.parameter else ""
+        ground_truth = ("Ground truth: each dataset's masks, or its boxes where it has none (docs/metrics.md §9); a dataset without "
+                        "ground truth has rows that say so. " if metric.ground_truth else "")
+        texts[f"{name}_md"] = (f"# {metric.heading}\n\n{metric.note + ' ' if metric.note else ''}{columns}{ground_truth}{BOLD_RULE} {IMAGES_RULE}"
+                               f"\n\n" + agg.markdown_by_model(summary, name, "method", skipped))
+    # HAAS is a dataset-level ratio, with no per-image values to rank
+    ranked = {m: d for m, d in agg.DIRECTION.items() if REGISTRY[m].dataset_quantity is None}
+    friedman = ranking.friedman_table(scores, agg.CELL, ranked, groups=groups) if not scores.empty else pd.DataFrame()
     wins = verdicts.win_counts(paired)
     seeds = agg.seeds_table(paired, replicates or {})
     result = verdicts.build(summary, paired, classification, params.get("compare"), friedman, seeds)
     texts["seeds_md"] = agg.seeds_markdown(seeds)
-    study = {metric: agg.study_table(summary, metric) for metric in agg.DIRECTION}
-    titles = {"aopc": "AOPC (MoRF), higher is better", "max_sensitivity": "Max-Sensitivity, lower is better", "haas": "HAAS, higher is better"}
+    study = {metric: agg.study_table(summary, metric) for metric in REGISTRY}
+    titles = {name: metric.heading for name, metric in REGISTRY.items()}
     texts["verdict_md"] = result.markdown(f"Verdict: {protocol} protocol")
     texts["verdict_rst"] = result.rst(f"Verdict: {protocol} protocol")
     texts["study_md"] = "# The study's layout: a row per dataset / model, a column per setting and method (means)\n\n" + "".join(
@@ -443,8 +510,14 @@ def aggregate_figures(score_paths: list, summary_csv, classification_csv, out: d
         plots.save(plots.accuracy_vs_metric(summary, classification, "max_sensitivity"), out["accuracy_sensitivity_png"],
                    out["accuracy_sensitivity_pdf"])
     if friedman_csv is not None:
+        from camfaith.metrics import registry
+
         friedman = read_csv_or_empty(friedman_csv)
+        if not friedman.empty:  # the faithfulness cells: with the localisation ones the figure would hold every setting of every metric
+            friedman = friedman[friedman["metric"].isin(registry.names(family="faithfulness"))]
         plots.save(plots.critical_difference(friedman), out["critical_difference_png"], out["critical_difference_pdf"])
+    if "localisation_png" in out:
+        plots.save(plots.localisation(summary), out["localisation_png"], out["localisation_pdf"])
 
 
 def read_csv_or_empty(path) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from camfaith import explainers, postprocess  # noqa: E402
 from camfaith.io import atomic_path  # noqa: E402
+from camfaith.metrics import REGISTRY  # noqa: E402
 from camfaith.store import read_maps  # noqa: E402
 
 
@@ -149,11 +150,11 @@ def accuracy_vs_metric(summary: pd.DataFrame, classification: pd.DataFrame, metr
     setting (AOPC region size, Max-Sensitivity radius; the legend says which), one point per
     method, setting and model, each model's points labelled once."""
     part = summary[summary["metric"] == metric].merge(classification, on=["dataset", "model"])
-    names = {"aopc": "mean AOPC (MoRF), higher is better", "max_sensitivity": "mean Max-Sensitivity, lower is better"}
+    entry = REGISTRY[metric]
     if part.empty:
-        return _empty(f"no {metric} scores")
+        return _empty(f"no {entry.short} scores")
     figure, ax = plt.subplots(figsize=(6, 4.5))
-    values = sorted(part["parameter_value"].dropna().unique(), reverse=metric == "aopc")
+    values = sorted(part["parameter_value"].dropna().unique(), reverse=entry.descending)
     marker_of = {value: SETTING_MARKERS[i % len(SETTING_MARKERS)] for i, value in enumerate(values)}
     for method, group in part.groupby("method"):
         style = method_style(method)
@@ -162,18 +163,57 @@ def accuracy_vs_metric(summary: pd.DataFrame, classification: pd.DataFrame, metr
                        label=style["label"], facecolors="none" if explainers.get(method).is_control else style["color"])
     for row in part.drop_duplicates(["dataset", "model"]).itertuples():
         ax.annotate(f"{row.dataset}/{row.model}", (row.mean, row.balanced_accuracy), fontsize=7, alpha=0.7)
-    if metric == "max_sensitivity":
+    if not entry.higher_is_better:  # an unstable method's mean would squeeze the others into one point
         shown = part["mean"].to_numpy()
         shown = shown[np.isfinite(shown) & (shown > 0)]
         if len(shown) and shown.max() / shown.min() > 100:
             ax.set_xscale("symlog", linthresh=float(shown.min()))
-    ax.set_xlabel(names.get(metric, metric))
+    ax.set_xlabel(f"mean {entry.heading}")
     ax.set_ylabel("balanced accuracy (test)")
-    unit = "px" if metric == "aopc" else "r ="
-    setting_handles = [plt.Line2D([], [], marker=marker_of[v], linestyle="", color="grey", label=f"{v:g} px" if metric == "aopc" else f"{unit} {v:g}")
-                       for v in values]
-    ax.legend(handles=setting_handles, title="region size" if metric == "aopc" else "radius", fontsize=7, title_fontsize=7, loc="best")
+    setting_handles = [plt.Line2D([], [], marker=marker_of[v], linestyle="", color="grey", label=entry.column_setting.format(value=v)) for v in values]
+    ax.legend(handles=setting_handles, title=entry.parameter or "setting", fontsize=7, title_fontsize=7, loc="best")
     _legend(figure, np.array([ax]))
+    return figure
+
+
+def localisation(summary: pd.DataFrame) -> plt.Figure:
+    """The localisation metrics at a glance: a panel per dataset / model, a group of bars per metric
+    (at its first setting: the pointing game without tolerance, top-1 error, the lowest threshold),
+    a bar per method with its 95 % interval; the axis of each metric reads "higher is better"
+    (localisation error is shown as 1 − error, localisation accuracy)."""
+    names = [m for m in REGISTRY if REGISTRY[m].family == "localisation"]
+    part = summary[summary["metric"].isin(names)]
+    if part.empty:
+        return _empty("no localisation scores (no dataset with ground truth, or the metrics are disabled)")
+    keys = sorted(part.groupby(["dataset", "model"]).groups)
+    figure, axes = _panels(len(keys), min(3, len(keys)), size=4.2)
+    order = {name: i for i, name in enumerate(explainers.names())}
+    for ax, (dataset, model) in zip(axes.flat, keys):
+        cell = part[(part["dataset"] == dataset) & (part["model"] == model)]
+        shown = [m for m in names if (cell["metric"] == m).any()]
+        methods = sorted(cell["method"].unique(), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
+        width = 0.8 / max(len(methods), 1)
+        for j, method in enumerate(methods):
+            style = method_style(method)
+            heights, errors = [], [[], []]
+            for metric in shown:
+                rows = cell[(cell["metric"] == metric) & (cell["method"] == method)]
+                first = rows.sort_values("parameter_value").iloc[:1]
+                mean, low, high = (first[c].iloc[0] if len(first) else np.nan for c in ("mean", "ci_low", "ci_high"))
+                if not REGISTRY[metric].higher_is_better:
+                    mean, low, high = 1 - mean, 1 - high, 1 - low
+                heights.append(mean)
+                errors[0].append(max(mean - low, 0) if np.isfinite(low) else 0)
+                errors[1].append(max(high - mean, 0) if np.isfinite(high) else 0)
+            x = np.arange(len(shown)) + (j - (len(methods) - 1) / 2) * width
+            ax.bar(x, heights, width, yerr=errors, color=style["color"], label=style["label"], error_kw={"elinewidth": 0.6},
+                   hatch="//" if explainers.get(method).is_control else None, alpha=0.9)
+        ax.set_xticks(np.arange(len(shown)))
+        ax.set_xticklabels([("1 − " if not REGISTRY[m].higher_is_better else "") + REGISTRY[m].short for m in shown], fontsize=7, rotation=15)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("mean (higher is better)")
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+    _legend(figure, axes)
     return figure
 
 
@@ -182,22 +222,23 @@ def accuracy_vs_aopc(summary: pd.DataFrame, classification: pd.DataFrame) -> plt
     return accuracy_vs_metric(summary, classification, "aopc")
 
 
-# The per-image score each overlay panel shows: AOPC on the finest grid and Max-Sensitivity at the
-# smallest radius (the settings that separate methods best on the default run), by short name.
-PANEL_SCORES = {"aopc": ("AOPC {:g} px", min), "max_sensitivity": ("MS r={:g}", min)}
+# The per-image score each overlay panel shows: each metric's with a ``panel`` label in the registry,
+# at its smallest setting (AOPC's finest grid, Max-Sensitivity's smallest radius, the pointing game
+# without tolerance: the settings that separate methods best on the default run).
+PANEL_SCORES = {name: metric.panel for name, metric in REGISTRY.items() if metric.panel}
 
 
 def panel_scores(scores: pd.DataFrame) -> dict[tuple[str, str], str]:
     """``(method, image_id) → "AOPC 8 px: 0.412\\nMS r=0.05: 0.103"``: each image's own value of every
     metric of :data:`PANEL_SCORES` found in ``scores`` (long score rows, one model), for the overlays."""
     notes: dict[tuple[str, str], list[str]] = {}
-    for metric, (short, pick) in PANEL_SCORES.items():
-        rows = scores[(scores["quantity"] == metric) & scores["image_id"].notna()]
+    for metric, short in PANEL_SCORES.items():
+        rows = scores[(scores["metric"] == metric) & (scores["quantity"] == REGISTRY[metric].quantity) & scores["image_id"].notna()]
         if rows.empty:
             continue
-        setting = pick(rows["parameter_value"].dropna()) if rows["parameter_value"].notna().any() else None
+        setting = min(rows["parameter_value"].dropna()) if rows["parameter_value"].notna().any() else None
         chosen = rows if setting is None else rows[rows["parameter_value"] == setting]
-        label = (short.split(" ")[0] if setting is None else short.format(setting)) + ":"
+        label = (short.split(" ")[0] if setting is None else short.format(value=setting)) + ":"
         for method, image_id, value in zip(chosen["method"], chosen["image_id"], chosen["value"]):
             notes.setdefault((method, str(image_id)), []).append(f"{label} {value:.3f}" if np.isfinite(value) else f"{label} n/a")
     return {key: "\n".join(parts) for key, parts in notes.items()}

@@ -1,12 +1,14 @@
 """Runs one metric over the selected test images, block by block, into long score rows.
 
 A metric is a :class:`Runner`: ``block`` scores a block of images, ``finish`` adds the rows that
-need every image (HAAS's dataset-level ratio). A new metric is a new runner in :data:`RUNNERS`
-(plus its config block in the schema); the loading, batching and output stay as they are.
+need every image (HAAS's dataset-level ratio), ``footprint`` states the memory a block and a forward
+batch take (metrics with model forwards). A new metric is a runner and its entry in
+:mod:`camfaith.metrics.registry`, which names the runner; the loading, batching and output stay as they are.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from camfaith import metrics as metric_registry
 from camfaith import postprocess
 from camfaith.data.images import Preprocessing
 from camfaith.explainers import Explainer, Settings
-from camfaith.metrics import aopc, common, haas, max_sensitivity
+from camfaith.memory import Footprint
+from camfaith.metrics import aopc, common, haas, localisation, max_sensitivity
 from camfaith.models import autocast
 from camfaith.store import MapSet
 
@@ -29,11 +33,11 @@ ROW_COLUMNS = ("image_id", "label", "target", "prediction", "parameter", "parame
 
 @dataclass
 class Context:
-    """What every runner may use: the model (eval, no parameter gradients), the stored maps, the
-    resolved settings and where to compute; for metrics that re-explain, the maps' explainer with
-    its recorded settings and the layer it reads."""
+    """What every runner may use: the model (eval, no parameter gradients; None for a metric without
+    forwards), the stored maps, the resolved settings and where to compute; for metrics that
+    re-explain, the maps' explainer with its recorded settings and the layer it reads."""
 
-    model: nn.Module
+    model: nn.Module | None
     maps: MapSet
     settings: dict
     preprocessing: Preprocessing
@@ -55,15 +59,25 @@ class Context:
 
 @dataclass
 class Block:
-    """A block of selected images: inputs ``[n, C, H, W]`` on the device, their raw maps ``[n, h, w]``,
-    targets ``[n]``, ids, positions in the maps file and the explainer's per-image seeds."""
+    """A block of selected images: inputs ``[n, C, H, W]`` on the device (None for a metric without
+    forwards), their raw maps ``[n, h, w]``, targets ``[n]``, ids, positions in the maps file and the
+    explainer's per-image seeds; for a ground-truth metric, the ground truth at input resolution:
+    ``masks [n, H, W]`` bool (the mask, or the box rasterised where a dataset has only boxes) and
+    ``boxes [n, 4]`` float (x0, y0, x1, y1 in input pixels, x1/y1 exclusive)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     raw: torch.Tensor
     targets: torch.Tensor
     image_ids: list[str]
     positions: np.ndarray
     seeds: list[int]
+    masks: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        source = self.images if self.images is not None else self.masks
+        return tuple(source.shape[-2:])
 
 
 class Rows:
@@ -86,6 +100,13 @@ class Rows:
 
 
 class Runner:
+    @staticmethod
+    def footprint(sizes, params: int, explainer: Explainer | None, settings: Settings | None) -> Footprint:
+        """Bytes this metric needs for a model whose probe (:func:`camfaith.memory.probe`) gave ``sizes``
+        and whose parameters and buffers take ``params`` bytes (:mod:`camfaith.memory`). A metric
+        without forwards keeps a block of maps and masks only: no plan."""
+        return Footprint(fixed=0, per_block_image=0, per_sample=0)
+
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         raise NotImplementedError
 
@@ -100,6 +121,13 @@ class Runner:
 class AopcRunner(Runner):
     """Per image and region size: the AOPC value, the MoRF curve (``probability`` at each step) and
     the share of regions whose rank was decided by tie-breaking (``tied_regions``)."""
+
+    @staticmethod
+    def footprint(sizes, params: int, explainer: Explainer | None, settings: Settings | None) -> Footprint:
+        """Per forward input: activations, the perturbed input and its sources (the image, its noise
+        fill, the mask); per loaded image: the image, its fill and int64 region ranks."""
+        image, plane = sizes.image, sizes.plane
+        return Footprint(fixed=2 * params, per_block_image=2 * image + 12 * plane, per_sample=activation_bytes(sizes) + 3 * image + 9 * plane)
 
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         settings = context.settings
@@ -127,6 +155,17 @@ class AopcRunner(Runner):
 class MaxSensitivityRunner(Runner):
     """Per image and radius: the largest (optionally normalised) map change under the radius's noise,
     the noisy copies re-explained by the maps' own explainer."""
+
+    @staticmethod
+    def footprint(sizes, params: int, explainer: Explainer | None, settings: Settings | None) -> Footprint:
+        """Per forward input: activations, the image, the noise, the map and what the explainer needs to
+        re-explain it (its declared footprint); per loaded image: the image and the reference maps."""
+        if explainer is None:
+            raise ValueError("the Max-Sensitivity memory model needs the explainer that re-explains")
+        need = explainer.footprint(sizes, settings if settings is not None else explainer.settings())
+        image, plane = sizes.image, sizes.plane
+        return Footprint(fixed=2 * params + need.fixed, per_block_image=image + 8 * plane,
+                         per_sample=activation_bytes(sizes) + 3 * image + need.per_image + 8 * plane)
 
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         settings = context.settings
@@ -168,6 +207,11 @@ class HaasRunner(Runner):
     def __init__(self) -> None:
         self.predicted: list[np.ndarray] = []
 
+    @staticmethod
+    def footprint(sizes, params: int, explainer: Explainer | None, settings: Settings | None) -> Footprint:
+        """Per forward input: activations and the HA image; per loaded image: the image and its HA copy."""
+        return Footprint(fixed=2 * params, per_block_image=2 * sizes.image, per_sample=activation_bytes(sizes) + sizes.image)
+
     def block(self, context: Context, block: Block, rows: Rows) -> None:
         emphasised = haas.ha_images(block.images, block.raw, context.preprocessing, context.post)
         self.predicted.append(common.predict_classes(context.model, emphasised, context.settings["batch_size"], context.amp).cpu().numpy())
@@ -187,12 +231,153 @@ class HaasRunner(Runner):
             rows.add(int(position), "none", np.nan, "correct_ha", None, np.nan)
 
 
-RUNNERS: dict[str, type[Runner]] = {"aopc": AopcRunner, "max_sensitivity": MaxSensitivityRunner, "haas": HaasRunner}
-REEXPLAINS = {"max_sensitivity"}  # metrics that recompute maps, so need the explainer and its layer
+def activation_bytes(sizes) -> int:
+    """Activation memory of one forward input, from the probe's largest layer input + output, doubled
+    (:data:`camfaith.memory.ACTIVATION_SAFETY`: tensors held across a block, allocator slack)."""
+    from camfaith.memory import ACTIVATION_SAFETY
+
+    return int(ACTIVATION_SAFETY * sizes.peak)
 
 
-# The per-image quantity of each metric: the one whose NaN values are counted as undefined
-PER_IMAGE_QUANTITY = {"aopc": "aopc", "max_sensitivity": "max_sensitivity", "haas": "correct_ha"}
+class GroundTruthRunner(Runner):
+    """A localisation metric: the block's maps post-processed to input resolution against its masks
+    and boxes; no model forward. Subclasses implement :meth:`score`."""
+
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        if block.masks is None or block.boxes is None:
+            raise ValueError(f"{type(self).__name__} needs the ground truth of every image (masks and boxes)")
+        maps = postprocess.apply(block.raw, context.post, block.input_size)
+        regions = block.masks if context.settings.get("region", "auto") != "box" else localisation.box_region(block.boxes, block.input_size)
+        self.score(context, block, maps, regions, rows)
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        raise NotImplementedError
+
+    metric = ""  # the registry name, whose quantity the NaN rows of undefined images carry
+
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        parameter, values = self.parameters(context.settings)
+        quantity = metric_registry.get(self.metric).quantity
+        for value in values:
+            for position in positions:
+                rows.add(int(position), parameter, value, quantity, None, np.nan)
+
+    @staticmethod
+    def parameters(settings: dict) -> tuple[str, list[float]]:
+        return "none", [np.nan]
+
+
+class PointingGameRunner(GroundTruthRunner):
+    """Per image and tolerance: ``hit`` (the share of the map's maxima within the tolerance of the
+    ground truth, :func:`~camfaith.metrics.localisation.pointing_game`), ``tied_maxima`` (pixels that
+    hold the maximum) and, with ``abstain_below``, the KTH ``recall``."""
+
+    metric = "pointing_game"
+
+    @staticmethod
+    def parameters(settings: dict) -> tuple[str, list[float]]:
+        return "tolerance_px", [float(t) for t in settings["tolerance_px"]]
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        abstain = context.settings.get("abstain_below")
+        for tolerance in self.parameters(context.settings)[1]:
+            hit, tied = localisation.pointing_game(maps, regions, tolerance)
+            recall = localisation.pointing_recall(maps, hit, abstain).cpu() if abstain is not None else None
+            hit, tied = hit.cpu(), tied.cpu()
+            for i, position in enumerate(block.positions):
+                rows.add(position, "tolerance_px", tolerance, "hit", None, hit[i])
+                rows.add(position, "tolerance_px", tolerance, "tied_maxima", None, tied[i])
+                if recall is not None:
+                    rows.add(position, "tolerance_px", tolerance, "recall", None, recall[i])
+
+
+class LocalisationRunner(GroundTruthRunner):
+    """Per image: the ``iou`` of the map's box (largest region above ``threshold`` × max) with the
+    ground-truth box, ``box_hit`` (IoU at least the rule's), and per k of ``top_k`` the
+    ``localisation_error``: 0 when the label is among the k highest logits and the box is a hit, else 1.
+    A k not below the number of classes is left out (every label would be in the top k)."""
+
+    metric = "localisation_error"
+
+    def __init__(self) -> None:
+        self.classes = 0
+
+    def parameters(self, settings: dict) -> tuple[str, list[float]]:
+        return "top_k", [float(k) for k in settings["top_k"] if k < self.classes or k == 1]
+
+    def block(self, context: Context, block: Block, rows: Rows) -> None:
+        self.classes = context.maps.logits.shape[1]
+        super().block(context, block, rows)
+
+    def undefined(self, context: Context, positions: np.ndarray, rows: Rows) -> None:
+        self.classes = context.maps.logits.shape[1]
+        super().undefined(context, positions, rows)
+
+    def finish(self, context: Context, selected: np.ndarray, rows: Rows) -> None:
+        self.classes = context.maps.logits.shape[1]
+        dropped = [k for k in context.settings["top_k"] if float(k) not in self.parameters(context.settings)[1]]
+        if dropped:
+            log.warning("localisation error top-%s left out: the model has %d classes, so every label is among its top %s",
+                        "/".join(map(str, dropped)), self.classes, "/".join(map(str, dropped)))
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        settings = context.settings
+        boxes = localisation.largest_region_boxes(maps, settings["threshold"])
+        iou = localisation.box_iou(boxes, block.boxes.to(boxes.device))
+        hit = (iou >= localisation.iou_needed(block.boxes.to(boxes.device), settings["iou"], settings.get("iou_rule", "fixed"))).cpu().numpy()
+        iou = iou.cpu().numpy()
+        logits, labels = context.maps.logits[block.positions], context.maps.labels[block.positions]
+        for i, position in enumerate(block.positions):
+            rows.add(position, "none", np.nan, "iou", None, iou[i])
+            rows.add(position, "none", np.nan, "box_hit", None, float(hit[i]))
+        for k in self.parameters(settings)[1]:
+            correct = localisation.top_k_correct(logits, labels, int(k))
+            for i, position in enumerate(block.positions):
+                rows.add(position, "top_k", k, "localisation_error", None, float(not (correct[i] and hit[i])))
+
+
+class RelevanceMassRunner(GroundTruthRunner):
+    """Per image: the share of positive attribution inside the ground truth."""
+
+    metric = "relevance_mass"
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        values = localisation.relevance_mass(maps, regions).cpu()
+        for i, position in enumerate(block.positions):
+            rows.add(position, "none", np.nan, "relevance_mass", None, values[i])
+
+
+class PixelsInsideRunner(GroundTruthRunner):
+    """Per image and threshold: the share of the pixels above threshold × max that lie inside the ground truth."""
+
+    metric = "pixels_inside"
+
+    @staticmethod
+    def parameters(settings: dict) -> tuple[str, list[float]]:
+        return "threshold", [float(t) for t in settings["thresholds"]]
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        for threshold in self.parameters(context.settings)[1]:
+            values = localisation.pixels_inside(maps, regions, threshold).cpu()
+            for i, position in enumerate(block.positions):
+                rows.add(position, "threshold", threshold, "pixels_inside", None, values[i])
+
+
+class RelevanceRankRunner(GroundTruthRunner):
+    """Per image: the share of the |ground truth| highest-ranked pixels that lie inside it."""
+
+    metric = "relevance_rank"
+
+    def score(self, context: Context, block: Block, maps: torch.Tensor, regions: torch.Tensor, rows: Rows) -> None:
+        values = localisation.relevance_rank(maps, regions).cpu()
+        for i, position in enumerate(block.positions):
+            rows.add(position, "none", np.nan, "relevance_rank", None, values[i])
+
+
+def runner_class(metric: str) -> type[Runner]:
+    """The runner the registry names for ``metric`` (``module:Class``)."""
+    module, name = metric_registry.get(metric).runner.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # Seconds between two progress lines of a score job
@@ -234,7 +419,7 @@ def run(metric: str, context: Context, blocks, selected: np.ndarray, undefined: 
     rows instead of scores. Every selected or undefined image also gets its map diagnostics
     (:data:`camfaith.metrics.common.MAP_STATES`, 0/1 rows). Progress is logged every
     ``progress_seconds``."""
-    runner = RUNNERS[metric]()
+    runner = runner_class(metric)()
     rows = Rows(context.maps)
     progress = Progress(metric, context.method, len(selected), progress_seconds)
     for block in blocks:
@@ -264,7 +449,7 @@ def degenerate_counts(columns: dict[str, list]) -> dict[str, int]:
 def undefined_counts(columns: dict[str, list], metric: str) -> dict[str, int]:
     """Per parameter value, how many per-image values of ``metric`` are NaN or infinite."""
     counts: dict[str, int] = {}
-    quantity = PER_IMAGE_QUANTITY[metric]
+    quantity = metric_registry.get(metric).quantity
     for q, parameter_value, value in zip(columns["quantity"], columns["parameter_value"], columns["value"]):
         if q == quantity and not np.isfinite(value):
             key = "all" if np.isnan(parameter_value) else f"{parameter_value:g}"

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from camfaith.aggregate import CELL, DIRECTION
+from camfaith.metrics import REGISTRY
 
 # a method whose regions are tie-decided more often than this gets a caveat under AOPC
 TIED_SHARE_CAVEAT = 0.25
@@ -38,12 +39,8 @@ def is_control(method: str) -> bool:
 
 
 def setting_label(metric: str, parameter_value: float, grid: str = "") -> str:
-    """``AOPC on 8x8 regions (8 px)``, ``Max-Sensitivity at r = 0.05``, ``HAAS``."""
-    if metric == "aopc":
-        return f"AOPC on {grid} regions ({parameter_value:g} px)" if grid else f"AOPC on {parameter_value:g} px regions"
-    if metric == "max_sensitivity":
-        return f"Max-Sensitivity at r = {parameter_value:g}"
-    return "HAAS"
+    """``AOPC on 8x8 regions (8 px)``, ``Max-Sensitivity at r = 0.05``, ``HAAS`` (the registry's ``label``)."""
+    return REGISTRY[metric].label(parameter_value, grid)
 
 
 def number(value: float, decimals: int = 3) -> str:
@@ -120,7 +117,7 @@ def pair_sentence(cell: Cell, first: str, second: str) -> str | None:
     sign = 1.0 if a == first else -1.0  # report first − second
     low, high = sorted([sign * row["ci_low"], sign * row["ci_high"]])
     numbers = f"{signed(sign * row['mean_difference'])} [{signed(low)}, {signed(high)}], {p_text(row['p_holm'])}"
-    word = "more faithful" if cell.metric != "max_sensitivity" else "more stable (lower Max-Sensitivity)"
+    word = REGISTRY[cell.metric].better_word
     if row["better"] == first:
         return f"{title(first)} is {word} than {title(second)} by {cell.label}: {numbers}"
     if row["better"] == second:
@@ -161,7 +158,7 @@ def caveats(cell: Cell, controls: bool = True) -> list[str]:
     notes = []
     if controls and cell.flagged_controls:
         notes.append(flagged_note([cell]))
-    metric_name = {"aopc": "AOPC", "max_sensitivity": "Max-Sensitivity", "haas": "HAAS"}[cell.metric]
+    metric_name = REGISTRY[cell.metric].short
     tied, floored, undefined = [], [], []
     for row in cell.summary.itertuples():
         scored = int(row.n) + int(row.n_undefined)
@@ -311,28 +308,22 @@ def _friedman_p(friedman: pd.DataFrame | None, cell: Cell) -> float | None:
 
 
 def recommendation(all_cells: list[Cell], paired: pd.DataFrame, compare: list[str]) -> list[str]:
-    """Overall: how often each real method is in the top group of a cell the controls did not
-    flag, the focus pair's win counts per metric setting, and what to distrust."""
-    trusted = [c for c in all_cells if not c.flagged_controls]
+    """Overall: how often each real method is in the top group of a faithfulness cell the controls
+    did not flag (the recommendation), the same count over the localisation cells (agreement with the
+    ground truth, reported beside it: a map can point at the object without being what the model
+    used), the focus pair's win counts per metric setting, and what to distrust."""
     lines = []
     if not all_cells:
         return ["nothing was scored"]
-    counts: dict[str, int] = {}
-    for cell in trusted:
-        for method in cell.top_group:
-            if not is_control(method):
-                counts[method] = counts.get(method, 0) + 1
-    if counts:
-        best = max(counts.values())
-        leaders = sorted(m for m, c in counts.items() if c == best)
-        lines.append(f"{' and '.join(title(m) for m in leaders)} {'is' if len(leaders) == 1 else 'are'} in the top group of {best} of "
-                     f"{len(trusted)} cells whose metric ranked the controls last; this is the recommendation, "
-                     "for these models and data" + (" (a tie: the data cannot separate them)" if len(leaders) > 1 else ""))
-        runners_up = sorted(((c, m) for m, c in counts.items() if m not in leaders), reverse=True)[:3]
-        if runners_up:
-            lines.append("next: " + ", ".join(f"{title(m)} {c}/{len(trusted)}" for c, m in runners_up))
-    else:
-        lines.append("no real method is in the top group of any cell the controls did not flag: the metrics cannot recommend a method here")
+    faithfulness = [c for c in all_cells if REGISTRY[c.metric].family == "faithfulness"]
+    localisation = [c for c in all_cells if REGISTRY[c.metric].family == "localisation"]
+    if faithfulness or not localisation:
+        lines += _top_group_counts(faithfulness, "cells whose metric ranked the controls last; this is the recommendation, for these models and data",
+                                   "no real method is in the top group of any cell the controls did not flag: the metrics cannot recommend a method here")
+    if localisation:
+        lines += _top_group_counts(localisation, "localisation cells against the ground truth whose metric ranked the controls last (where the "
+                                   "evidence is, not what the model used: beside the recommendation, not part of it)",
+                                   "no real method is in the top group of any localisation cell the controls did not flag")
     flagged = [c for c in all_cells if c.flagged_controls]
     if flagged:
         lines.append(f"{len(flagged)} of {len(all_cells)} cells are flagged (a control in the top group or beating a real method) "
@@ -346,6 +337,26 @@ def recommendation(all_cells: list[Cell], paired: pd.DataFrame, compare: list[st
             label = setting_label(row.metric, row.parameter_value, "")
             lines.append(f"{title(compare[0])} prevails over {title(compare[1])} by {label} in {higher}/{row.cells} models "
                          f"(significant in {significant}/{row.cells})")
+    return lines
+
+
+def _top_group_counts(group: list[Cell], what: str, none: str) -> list[str]:
+    """How often each real method is in the top group of the unflagged cells of ``group``, in words."""
+    trusted = [c for c in group if not c.flagged_controls]
+    counts: dict[str, int] = {}
+    for cell in trusted:
+        for method in cell.top_group:
+            if not is_control(method):
+                counts[method] = counts.get(method, 0) + 1
+    if not counts:
+        return [none]
+    best = max(counts.values())
+    leaders = sorted(m for m, c in counts.items() if c == best)
+    lines = [f"{' and '.join(title(m) for m in leaders)} {'is' if len(leaders) == 1 else 'are'} in the top group of {best} of "
+             f"{len(trusted)} {what}" + (" (a tie: the data cannot separate them)" if len(leaders) > 1 else "")]
+    runners_up = sorted(((c, m) for m, c in counts.items() if m not in leaders), reverse=True)[:3]
+    if runners_up:
+        lines.append("next: " + ", ".join(f"{title(m)} {c}/{len(trusted)}" for c, m in runners_up))
     return lines
 
 

@@ -78,8 +78,9 @@ def covid_folders(root: Path) -> pd.DataFrame:
         if path.parent.name != "images":
             continue
         mask = path.parent.parent / "masks" / path.name
-        rows.append({"path": _rel(path, root), "label": path.parent.parent.name, "group": _rel(path, root),
-                     "mask_path": _rel(mask, root) if mask.is_file() else None})
+        # the expected mask path even where the file is missing: the index stage quarantines such an
+        # image with that path in the reason, rather than scoring it without ground truth
+        rows.append({"path": _rel(path, root), "label": path.parent.parent.name, "group": _rel(path, root), "mask_path": _rel(mask, root)})
     return _frame(rows, root, "<class>/images/*.png files")
 
 

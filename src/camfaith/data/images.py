@@ -74,10 +74,12 @@ def to_unit_rgb(image: Image.Image) -> torch.Tensor:
 
 
 class ImageTable(Dataset):
-    """Items ``(image [3, S, S] float32 normalised, label int, position int)`` for rows of an index."""
+    """Items ``(image [3, S, S] float32 normalised, label int, position int)`` for rows of an index;
+    :meth:`load_ground_truth` gives an image's mask and box at the same input resolution."""
 
     def __init__(self, root: str | Path, rows: pd.DataFrame, preprocessing: Preprocessing, augment: v2.Transform | None = None):
         self.root = Path(root)
+        self.rows = rows.reset_index(drop=True)
         self.paths = rows["path"].astype(str).tolist()
         self.image_ids = rows["image_id"].astype(str).tolist()
         self.labels = rows["label_index"].astype(int).tolist()
@@ -100,6 +102,47 @@ class ImageTable(Dataset):
             raise OSError(f"cannot read image {path}: {error}") from error
         size = [self.preprocessing.image_size] * 2
         return v2.functional.resize(tensor, size, antialias=True).clamp_(0, 1)
+
+    def load_ground_truth(self, position: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's ground truth at input resolution, resized as :meth:`load_unit` resizes the image
+        (square, aspect not kept): ``(mask [S, S] bool, box [4] float32)``.
+
+        ``kind`` ``mask``: the mask file (any size; antialiased bilinear resize, then > 0.5), its box the
+        index's ``bbox_*`` columns (original pixels, x1/y1 exclusive) scaled by S / width and S / height,
+        or where they are empty the bounds of the resized mask. ``box``: the box, and as mask the pixels
+        whose centre lies inside it. A row without the ground truth its dataset declares is a ValueError
+        naming the image (the index stage quarantines such rows, so this means a stale index).
+        """
+        from camfaith.metrics.localisation import box_region
+
+        row, size = self.rows.iloc[position], self.preprocessing.image_size
+        path = self.root / self.paths[position]
+        box = None
+        if all(pd.notna(row.get(f"bbox_{c}")) for c in ("x0", "y0", "x1", "y1")):
+            with Image.open(path) as image:
+                width, height = image.size
+            scale = torch.tensor([size / width, size / height, size / width, size / height], dtype=torch.float32)
+            box = torch.tensor([float(row[f"bbox_{c}"]) for c in ("x0", "y0", "x1", "y1")], dtype=torch.float32) * scale
+        if kind == "mask":
+            if pd.isna(row.get("mask_path")):
+                raise ValueError(f"image {path} has no mask, though its dataset declares ground_truth: mask; re-run the index stage")
+            mask_path = self.root / str(row["mask_path"])
+            try:
+                with Image.open(mask_path) as image:
+                    plane = v2.functional.to_dtype(v2.functional.to_image(image.convert("L")), torch.float32, scale=True)
+            except OSError as error:
+                raise OSError(f"cannot read mask {mask_path} of image {path}: {error}") from error
+            mask = v2.functional.resize(plane, [size, size], antialias=True)[0] > 0.5
+            if box is None:
+                rows_, cols = torch.nonzero(mask, as_tuple=True)
+                box = (torch.tensor([cols.min(), rows_.min(), cols.max() + 1, rows_.max() + 1], dtype=torch.float32) if len(rows_)
+                       else torch.full((4,), float("nan")))
+            return mask, box
+        if kind != "box":
+            raise ValueError(f"ground truth kind must be mask or box, got {kind!r}")
+        if box is None:
+            raise ValueError(f"image {path} has no box (bbox_x0..bbox_y1), though its dataset declares ground_truth: box; re-run the index stage")
+        return box_region(box.view(1, 4), (size, size))[0], box
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         image = self.load_unit(position)

@@ -65,8 +65,40 @@ def check_image(path: Path) -> str | None:
         return f"{type(error).__name__}: {error}"
 
 
+BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
+
+
+def ground_truth_problem(root: Path, row: pd.Series, kind: str) -> str | None:
+    """``None`` if the image's ground truth is usable for a dataset that declares ``kind`` (``mask``,
+    ``box`` or ``none``), else why not: a missing or unreadable mask, a missing box, or a box that is
+    empty or reaches outside its image (box coordinates are pixels of the original image, x1/y1 exclusive)."""
+    if kind == "none":
+        return None
+    has_box = all(column in row and pd.notna(row[column]) for column in BOX_COLUMNS)
+    if has_box:
+        x0, y0, x1, y1 = (float(row[column]) for column in BOX_COLUMNS)
+        with Image.open(root / str(row["path"])) as image:
+            width, height = image.size
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            return f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or outside the {width}×{height} image"
+    if kind == "box" and not has_box:
+        return "no box (bbox_x0..bbox_y1), though the dataset declares ground_truth: box"
+    if kind == "mask":
+        mask = row.get("mask_path")
+        if mask is None or pd.isna(mask):
+            return "no mask, though the dataset declares ground_truth: mask"
+        try:
+            with Image.open(root / str(mask)) as image:
+                image.load()
+        except FileNotFoundError:
+            return f"mask {mask}: file missing"
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            return f"mask {mask}: {type(error).__name__}: {error}"
+    return None
+
+
 def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
-                classes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                classes: list[str] | None = None, ground_truth: str = "none") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Index the dataset under ``root``.
 
     Returns ``(index, quarantine)``: ``index`` has :data:`INDEX_COLUMNS` (``label_index`` follows the
@@ -76,6 +108,8 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
     ``max_quarantine_fraction``. With ``classes`` (the declared class names) ``label_index`` follows
     their sorted order, a label outside them is a ``ValueError`` and a class without images a
     warning. Two images with the same ``image_id`` (``x.png`` and ``x.jpg``) are a ``ValueError``.
+    With ``ground_truth`` ``mask`` or ``box`` an image whose ground truth is missing or invalid
+    (:func:`ground_truth_problem`) is quarantined too, with the reason.
     """
     root = Path(root)
     if adapter not in ADAPTERS:
@@ -90,6 +124,9 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
             raise ValueError(f"{root}: unknown official split value(s) {bad}; allowed {OFFICIAL_SPLITS}")
 
     reasons = {path: check_image(root / path) for path in table["path"]}
+    for _, row in table.iterrows():
+        if reasons[row["path"]] is None:
+            reasons[row["path"]] = ground_truth_problem(root, row, ground_truth)
     quarantined = [(path, reason) for path, reason in reasons.items() if reason is not None]
     quarantine = pd.DataFrame(quarantined, columns=["path", "reason"])
     for path, reason in quarantined:

@@ -53,6 +53,7 @@ class DatasetEntry:
     size_note: str
     prepare: str | None = None  # a converter run after extraction (binary formats → PNG + metadata.csv)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ground_truth: str = "none"  # mask, box or none: what the localisation metrics compare maps with
 
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
@@ -86,7 +87,9 @@ DATASETS: dict[str, DatasetEntry] = {
         licence="see the Kaggle page (data from several public sources, each with its own terms)",
         citation="Chowdhury et al. (2020) IEEE Access; Rahman et al. (2021) Comput. Biol. Med.",
         size_note="21,165 PNG images of 299×299 px with lung masks; about 0.8 GB",
-        notes=("lung masks are 256×256 px and are resized to the image when drawn",),
+        notes=("lung masks are 256×256 px and are resized to the input size, as the images are; the localisation "
+               "metrics compare maps with them",),
+        ground_truth="mask",
     ),
     "ham10000": DatasetEntry(
         name="ham10000",
@@ -178,6 +181,22 @@ def entry(source: str) -> DatasetEntry:
     if source not in DATASETS:
         raise ValueError(f"unknown dataset source {source!r}; known: {sorted(DATASETS)} (or 'synthetic')")
     return DATASETS[source]
+
+
+GROUND_TRUTH_KINDS = ("mask", "box", "none")
+
+
+def ground_truth(dataset: dict) -> str:
+    """What ground truth a dataset config has: its ``ground_truth:`` (``mask``, ``box`` or ``none``),
+    else ``mask`` for the synthetic set (every image has its object's mask and box), else its registry
+    entry's, else (a ``metadata_csv`` folder of the user's) ``none``."""
+    if dataset.get("ground_truth"):
+        return str(dataset["ground_truth"])
+    if dataset.get("source") == "synthetic":
+        return "mask"
+    if dataset.get("source") in DATASETS:
+        return DATASETS[dataset["source"]].ground_truth
+    return "none"
 
 
 def declared_classes(dataset: dict) -> list[str] | None:
