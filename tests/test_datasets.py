@@ -69,7 +69,8 @@ def run_stages(tmp_path: Path, dataset: dict, max_quarantine: float = 0.0):
     pipeline.download(dataset, raw)
     adapter = registry.entry(dataset["source"]).adapter
     index_path, quarantine_path, split_path = (tmp_path / f for f in ("index.parquet", "quarantine.parquet", "split.parquet"))
-    pipeline.index(raw, {"adapter": adapter, "max_quarantine_fraction": max_quarantine}, index_path, quarantine_path)
+    params = {"adapter": adapter, "max_quarantine_fraction": max_quarantine, "ground_truth": registry.ground_truth(dataset)}  # as index_params
+    pipeline.index(raw, params, index_path, quarantine_path)
     pipeline.split(index_path, {"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0}, split_path)
     return raw, pd.read_parquet(index_path), pd.read_parquet(quarantine_path), pd.read_parquet(split_path)
 
@@ -102,6 +103,35 @@ def test_each_dataset_downloads_extracts_indexes_and_splits_without_leakage(name
     if name == "cifar10":
         assert len(index) == 24 and (splits["split"] == "test").sum() == 4
         assert set(index["label"]) <= set(fx.CIFAR_NAMES)
+
+
+def test_covid_lung_masks_reach_the_localisation_metrics_and_a_missing_mask_is_quarantined(server, kaggle_token, tmp_path):
+    import torch
+
+    from camfaith.data.images import ImageTable, Preprocessing, select_split
+    from camfaith.metrics import localisation
+
+    archive = fx.covid_radiography()["covid19-radiography-database.zip"]
+    with zipfile.ZipFile(io.BytesIO(archive)) as source:
+        files = {name: source.read(name) for name in source.namelist()}
+    missing = "COVID-19_Radiography_Dataset/Normal/masks/Normal-1.png"
+    del files[missing]
+    archives_ = {"covid19-radiography-database.zip": fx.zip_of(files)}
+    server.publish("covid_radiography", archives_)
+    dataset = {"name": "covid_radiography", "source": "covid_radiography", "mirror": server.url, "cache_dir": str(tmp_path / "cache"),
+               "checksums": pinned(archives_)}
+    raw, index, quarantine, splits = run_stages(tmp_path, dataset, max_quarantine=0.2)
+    assert registry.ground_truth(dataset) == "mask"
+    assert quarantine["path"].tolist() == ["COVID-19_Radiography_Dataset/Normal/images/Normal-1.png"]
+    assert quarantine["reason"].tolist() == [f"mask {missing}: file missing"]
+    # the 16 px masks reach the metric at the 24 px input size, as the images are resized; a map equal to
+    # each mask puts all its relevance inside and points at it
+    test = ImageTable(raw, select_split(index, splits, "test"), Preprocessing(24))
+    masks = torch.stack([test.load_ground_truth(i, "mask")[0] for i in range(len(test))])
+    assert masks.shape == (len(test), 24, 24) and masks.flatten(1).any(dim=1).all()
+    maps = masks.float()
+    assert torch.equal(localisation.relevance_mass(maps, masks), torch.ones(len(test)))
+    assert localisation.pointing_game(maps, masks)[0].eq(1).all()
 
 
 def test_kaggle_downloads_send_the_token_as_basic_auth(server, kaggle_token, tmp_path):
