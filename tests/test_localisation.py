@@ -293,3 +293,24 @@ def test_masks_and_boxes_reach_the_metric_at_input_resolution(tmp_path):
     assert region.nonzero().tolist() == [[r, c] for r in range(2, 6) for c in range(2, 6)]
     with pytest.raises(ValueError, match="has no mask, though its dataset declares ground_truth: mask"):
         table.load_ground_truth(1, "mask")
+
+
+def test_the_pointing_game_table_gives_the_accuracy_per_class():
+    import pandas as pd
+
+    from camfaith import aggregate
+    from camfaith.metrics import SCORE_COLUMNS
+
+    # class 0: hits 1, 1, 0 (accuracy 0.67); class 1: hits 0, 1 (0.5); class 2: only an undefined image
+    hits = [(0, 1.0), (0, 1.0), (0, 0.0), (1, 0.0), (1, 1.0), (2, float("nan"))]
+    rows = [{"dataset": "synthetic", "model": "tinyres", "method": "gradcam", "metric": "pointing_game", "protocol": "default",
+             "image_id": f"img{i}", "label": label, "target": label, "prediction": label, "parameter": "tolerance_px",
+             "parameter_value": 0.0, "quantity": "hit", "step": pd.NA, "value": value} for i, (label, value) in enumerate(hits)]
+    rows.append({**rows[0], "quantity": "tied_maxima", "value": 5.0})  # not the metric's quantity: not averaged
+    scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    text = aggregate.per_class_markdown(scores, "pointing_game", {"synthetic": ["circle", "square", "triangle"]})
+    lines = text.splitlines()
+    assert lines[0] == "### synthetic / tinyres"
+    assert lines[2] == "| method | tolerance in px | circle (3) | square (2) | triangle (0) | all (5) |"
+    assert lines[4] == "| Grad-CAM | pointing game within 0 px | 0.67 | 0.50 |  | 0.60 |"
+    assert aggregate.per_class_markdown(scores, "relevance_mass", {}) == ""

@@ -15,6 +15,7 @@ import yaml
 
 from camfaith import explainers, pipeline, postprocess
 from camfaith.metrics import REGISTRY, SCORE_COLUMNS, max_sensitivity, registry
+from camfaith.metrics.common import MAP_STATES
 from camfaith.store import read_maps, read_table_metadata
 
 TINY = yaml.safe_load(Path(__file__).with_name("tiny_config.yaml").read_text())
@@ -49,6 +50,16 @@ def trained(tiny_dataset, tmp_path_factory):
     return out
 
 
+def _rows_are_the_registrys(frame: pd.DataFrame, metric: str) -> None:
+    """The rows a runner writes are the ones its registry entry declares (its quantity, its dataset-level
+    quantity, its extra quantities and the degenerate-map counts), and its quantity is among them."""
+    entry = REGISTRY[metric]
+    declared = {entry.quantity, entry.dataset_quantity, *entry.extra_quantities, *MAP_STATES} - {None}
+    written = set(frame["quantity"])
+    assert entry.quantity in written, metric
+    assert written <= declared, (metric, sorted(written - declared))
+
+
 def _cases():
     for method in explainers.names():
         yield pytest.param("gap" if method == "cam" else "flat", method, id=method)
@@ -79,6 +90,7 @@ def test_every_metric_runs_on_every_method(tiny_dataset, trained, model, method)
                                     params, out, identity)
         frame = pd.read_parquet(out)
         assert list(frame.columns) == list(SCORE_COLUMNS) and (frame["method"] == method).all()
+        _rows_are_the_registrys(frame, metric)
         per_image = frame[frame["quantity"] == REGISTRY[metric].quantity]
         settings = _metric_settings(metric)
         parameters = len(settings.get("tolerance_px", settings.get("thresholds", settings.get("top_k", [None]))))
@@ -100,6 +112,7 @@ def test_every_metric_runs_on_every_method(tiny_dataset, trained, model, method)
         frame = pd.read_parquet(out)
         assert list(frame.columns) == list(SCORE_COLUMNS)
         assert (frame["method"] == method).all()
+        _rows_are_the_registrys(frame, metric)
         metadata = read_table_metadata(out)
         assert metadata["resolution"] == explainer.resolution and metadata["explainer_settings"] == json.loads(maps.attrs["settings"])
         per_image = frame[frame["quantity"] == REGISTRY[metric].quantity]

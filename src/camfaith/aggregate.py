@@ -288,6 +288,44 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
     return "\n".join(sections) if sections else "not run\n"
 
 
+def per_class_markdown(scores: pd.DataFrame, metric: str, classes: dict[str, list[str]], decimals: int = 2) -> str:
+    """A localisation metric per true class: a section per dataset / model, a row per method and
+    setting (methods in registry order, controls last), a column per class (``name (n)``, n the
+    images of that class with a finite value) and one for all images. Cells are the mean of the
+    metric's per-image quantity over that class's images (the pointing game's accuracy per class);
+    "" where a class has no scored image. ``classes``: dataset → class names by label index (the
+    index's metadata); a label without a name is shown by its index. Empty string when ``scores``
+    holds no row of ``metric``."""
+    from camfaith import explainers
+
+    entry = REGISTRY[metric]
+    rows = scores[(scores["metric"] == metric) & (scores["quantity"] == entry.quantity)] if not scores.empty else scores
+    if rows.empty:
+        return ""
+    order = {name: i for i, name in enumerate(explainers.names())}
+    sections = []
+    for (dataset, model), cell in rows.groupby(["dataset", "model"], observed=True, sort=True):
+        names = classes.get(str(dataset), [])
+        labels = sorted(int(label) for label in cell["label"].dropna().unique())
+        finite = cell[np.isfinite(cell["value"].to_numpy(dtype=float))]
+        counts = finite.drop_duplicates(["image_id"])["label"].value_counts()
+        named = [f"{names[label] if label < len(names) else label} ({int(counts.get(label, 0))})" for label in labels]
+        header = ["method", entry.column if entry.parameter else "setting", *named, f"all ({finite['image_id'].nunique()})"]
+        lines = [f"### {dataset} / {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        methods = sorted(cell["method"].unique(), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
+        settings = sorted(cell["parameter_value"].dropna().unique(), reverse=entry.descending) or [np.nan]
+        for method in methods:
+            for value in settings:
+                chosen = finite[(finite["method"] == method) & ((finite["parameter_value"] == value) | (pd.isna(value) & finite["parameter_value"].isna()))]
+                means = chosen.groupby("label")["value"].mean()
+                row = [explainers.get(method).title, entry.label(None if pd.isna(value) else float(value)) if entry.parameter else entry.short]
+                row += [f"{means[label]:.{decimals}f}" if label in means.index else "" for label in labels]
+                row.append(f"{chosen['value'].mean():.{decimals}f}" if len(chosen) else "")
+                lines.append("| " + " | ".join(row) + " |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
 def _images_cell(rows: pd.DataFrame, metric: str) -> str:
     """What a method's row rests on: ``22 scored; 2 left out; 1 undefined; 3 degenerate; tied 44 %/33 %``
     (undefined: the most of any setting; tied: AOPC's share of tied regions per setting, as the columns)."""

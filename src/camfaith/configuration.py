@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {error}", file=sys.stderr)
             failed += 1
             continue
-        jobs = sum(len(plan.scored(d, m, metric)) for (d, m) in plan.methods for metric in plan.metrics)
+        # a metric with forwards is one job per method; a localisation metric one per model (all its methods)
+        jobs = sum(len(plan.scored(d, m, metric)) if REGISTRY[metric].forward else min(1, len(plan.scored(d, m, metric)))
+                   for (d, m) in plan.methods for metric in plan.metrics)
         print(f"{path}: OK: {len(plan.methods)} model(s), {sum(map(len, plan.methods.values()))} maps, {jobs} score jobs")
     return 1 if failed else 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from camfaith.io import atomic_path, package_versions, sha256_file
-from camfaith.store import read_parquet, write_table
+from camfaith.store import read_parquet, read_table_metadata, write_table
 
 # Stage modules are imported inside each function: a job pays only for what its stage uses (torch,
 # torchvision and scikit-learn together take ~4.5 s to import, the bulk of a light job's wall time).
@@ -115,7 +115,6 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     from camfaith.data import index as index_stage
     from camfaith.data.images import ImageTable, Preprocessing, select_split
     from camfaith.models import ModelSpec, build_model, pick_device, save_checkpoint
-    from camfaith.store import read_table_metadata
     from camfaith.training import TrainConfig, fingerprint, train
 
     table, splits = read_parquet(index_path), read_parquet(split_path)
@@ -403,6 +402,7 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     classification = agg.classification_table(eval_paths, eval_identities)
     empty = pd.DataFrame(columns=agg.CELL + ["method", "n", "n_undefined", "mean", "ci_low", "ci_high", "best_mean", "best"])
     groups = agg.image_groups({dataset: read_parquet(path) for dataset, path in (index_paths or {}).items()})
+    classes = {dataset: list(read_table_metadata(path).get("classes") or []) for dataset, path in (index_paths or {}).items()}
     paired = agg.paired_tests(scores, params.get("seed", 0), groups) if not scores.empty else pd.DataFrame()
     summary = agg.summary_table(scores, params.get("seed", 0), paired, groups) if not scores.empty else empty
     summary["grid"] = pd.Series(dtype="string")
@@ -421,6 +421,10 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
                         "ground truth has rows that say so. " if metric.ground_truth else "")
         texts[f"{name}_md"] = (f"# {metric.heading}\n\n{metric.note + ' ' if metric.note else ''}{columns}{ground_truth}{BOLD_RULE} {IMAGES_RULE}"
                                f"\n\n" + agg.markdown_by_model(summary, name, "method", skipped))
+        per_class = agg.per_class_markdown(scores, name, classes) if metric.ground_truth and not scores.empty else ""
+        if per_class:
+            texts[f"{name}_md"] += ("\n## Per class\n\nThe mean per true class (columns: the class and its images with a value), "
+                                    "then over all of them; no intervals.\n\n" + per_class)
     # HAAS is a dataset-level ratio, with no per-image values to rank
     ranked = {m: d for m, d in agg.DIRECTION.items() if REGISTRY[m].dataset_quantity is None}
     friedman = ranking.friedman_table(scores, agg.CELL, ranked, groups=groups) if not scores.empty else pd.DataFrame()

@@ -68,7 +68,10 @@ class Metric:
     such metric (the study did not compute it). ``settings``/``required``: the JSON schema of
     ``metrics.<name>``; ``runner``: ``module:Class`` of its runner. ``panel``: the overlay label of the
     image's score (a format with ``{value}``), ``None`` to show none. ``note``: what its table says
-    under its heading; ``source``: where the definition comes from.
+    under its heading; ``source``: where the definition comes from. ``extra_quantities``: the other
+    per-image rows its runner writes (diagnostics the tables do not average, e.g. the pointing game's
+    ``recall``). ``global_settings``: settings checked against every dataset at once (AOPC's region
+    sizes must divide every dataset's input size), so not overridable under ``datasets.<d>.metrics``.
     """
 
     name: str
@@ -95,6 +98,7 @@ class Metric:
     note: str = ""
     source: str = ""
     extra_quantities: tuple[str, ...] = field(default_factory=tuple)
+    global_settings: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -138,7 +142,7 @@ class Metric:
         every setting optional, the global-only keys left out)."""
         properties = dict(self.settings)
         if per_dataset:
-            for key in (*GLOBAL_ONLY, *(self.global_keys())):
+            for key in (*GLOBAL_ONLY, *self.global_settings):
                 properties.pop(key, None)
             return {"type": "object", "additionalProperties": False, "properties": properties}
         properties = {"enabled": {"type": "boolean"}, "skip_methods": {"$ref": "#/definitions/skip_methods"}, **properties}
@@ -147,10 +151,6 @@ class Metric:
         # a disabled metric needs no settings (a config replacing the default one may just switch it off)
         return {"type": "object", "additionalProperties": False, "properties": properties,
                 "if": {"required": ["enabled"], "properties": {"enabled": {"const": False}}}, "else": {"required": list(self.required)}}
-
-    def global_keys(self) -> tuple[str, ...]:
-        """Settings checked against every dataset at once, so not overridable per dataset."""
-        return ("region_px",) if self.name == "aopc" else ()
 
 
 def _aopc_schema() -> dict:
@@ -197,6 +197,7 @@ REGISTRY: dict[str, Metric] = {
         thesis={"images": "correct", "zero_pad": True, "round_decimals": 3, "noise": "per_step", "ties": "row_major",
                 "postprocess": _STUDY_MAPS, "amp": False},
         source="Samek et al. (2017), IEEE TNNLS 28(11); the study's region grid", extra_quantities=("probability", "tied_regions"),
+        global_settings=("region_px",),
     ),
     "max_sensitivity": Metric(
         name="max_sensitivity", title="Max-Sensitivity", short="Max-Sensitivity", higher_is_better=False, quantity="max_sensitivity",
@@ -227,7 +228,7 @@ REGISTRY: dict[str, Metric] = {
                                                                                "this abstains; null: no recall row"}},
         required=(*_GT_REQUIRED, "region", "tolerance_px"), parameter="tolerance_px", column="tolerance in px",
         setting="pointing game within {value:g} px", column_setting="{value:g} px", panel="PG {value:g} px",
-                better_word="closer to the ground truth (pointing game)",
+        better_word="closer to the ground truth (pointing game)",
         source="Zhang et al. (2018), IJCV 126; TorchRay's 15 px tolerance; the KTH reproduction's recall", extra_quantities=("recall", "tied_maxima"),
     ),
     "localisation_error": Metric(
