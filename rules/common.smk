@@ -182,7 +182,7 @@ def dataset_adapter(dataset):
 def index_params(wildcards):
     dataset = config["datasets"][wildcards.dataset]
     return {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), "ground_truth": registry.ground_truth(dataset),
-            **dataset["index"]}
+            "ground_truth_scope": registry.ground_truth_scope(dataset), **dataset["index"]}
 
 
 def split_params(wildcards):
@@ -230,8 +230,9 @@ def score_params(wildcards):
 
 
 def ground_truth_params(wildcards):
-    """A ground-truth metric's params (:func:`score_params`) and the dataset's kind of ground truth (mask or box)."""
-    return {**score_params(wildcards), "ground_truth": registry.ground_truth(config["datasets"][wildcards.dataset])}
+    """A ground-truth metric's params (:func:`score_params`), the dataset's kind of ground truth (mask or box) and its scope."""
+    dataset = config["datasets"][wildcards.dataset]
+    return {**score_params(wildcards), "ground_truth": registry.ground_truth(dataset), "ground_truth_scope": registry.ground_truth_scope(dataset)}
 
 
 def ground_truth_maps(wildcards):

@@ -178,7 +178,53 @@ def imagenette() -> dict[str, bytes]:
     return {"imagenette2.tgz": tar_of(files)}
 
 
-BUILDERS = {"crc": crc, "covid_radiography": covid_radiography, "ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019,
+# NIH ChestX-ray14 as Kaggle's nih-chest-xrays/data unpacks: the CSVs and lists at the top, the PNGs in
+# images_0NN/images/. Patients 1-4 are train_val_list.txt, 5-7 test_list.txt (where NIH's boxes are).
+# Images are 32 px (the real ones 1024 px); the boxes are x, y, w, h floats in those pixels.
+CHESTXRAY14_FINDINGS = {
+    "00000001_000.png": "No Finding", "00000001_001.png": "Atelectasis", "00000001_002.png": "Cardiomegaly|Effusion",
+    "00000002_000.png": "No Finding", "00000002_001.png": "Effusion", "00000002_002.png": "Mass",
+    "00000003_000.png": "Cardiomegaly", "00000003_001.png": "No Finding", "00000003_002.png": "Atelectasis",
+    "00000004_000.png": "Effusion", "00000004_001.png": "No Finding", "00000004_002.png": "Mass",
+    "00000005_000.png": "Cardiomegaly", "00000005_001.png": "Effusion|Infiltration", "00000005_002.png": "No Finding",
+    "00000006_000.png": "Atelectasis", "00000006_001.png": "Mass", "00000006_002.png": "Effusion|Mass",
+    "00000007_000.png": "No Finding", "00000007_001.png": "Effusion",
+}
+CHESTXRAY14_BOXES = [  # (image, finding as BBox_List_2017.csv spells it, x, y, w, h)
+    ("00000005_000.png", "Cardiomegaly", 8.5, 10.25, 14.0, 12.5),
+    ("00000005_001.png", "Infiltrate", 2.0, 3.0, 6.5, 9.75),
+    ("00000006_000.png", "Atelectasis", 16.0, 16.0, 8.0, 8.0),
+    ("00000006_000.png", "Atelectasis", 1.0, 1.0, 4.0, 4.0),  # a second box of one image: not kept
+    ("00000006_001.png", "Mass", 20.2, 4.9, 5.3, 5.3),
+    ("00000007_001.png", "Effusion", 0.0, 18.0, 32.0, 14.0),
+]
+
+
+def chestxray14_files(boxes: list[tuple] | None = None) -> dict[str, bytes]:
+    """The unpacked files of the fixture (``boxes`` replaces :data:`CHESTXRAY14_BOXES`)."""
+    files = {}
+    entries = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
+    for k, (name, findings) in enumerate(CHESTXRAY14_FINDINGS.items()):
+        patient = int(name[:8])
+        files[f"images_{1 + k % 2:03d}/images/{name}"] = image_bytes(k, (32, 32), mode="L")
+        entries.append(f"{name},{findings},{int(name[9:12])},{patient},{40 + patient},M,PA,2500,2048,0.168,0.168,")
+    files["Data_Entry_2017.csv"] = ("\n".join(entries) + "\n").encode()
+    rows = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]
+    rows += [f"{name},{finding},{x},{y},{w},{h},,," for name, finding, x, y, w, h in (CHESTXRAY14_BOXES if boxes is None else boxes)]
+    files["BBox_List_2017.csv"] = ("\n".join(rows) + "\n").encode()
+    names = list(CHESTXRAY14_FINDINGS)
+    files["train_val_list.txt"] = ("\n".join(n for n in names if int(n[:8]) <= 4) + "\n").encode()
+    files["test_list.txt"] = ("\n".join(n for n in names if int(n[:8]) > 4) + "\n").encode()
+    files["README_CHESTXRAY.pdf"] = b"not read"
+    return files
+
+
+def chestxray14() -> dict[str, bytes]:
+    return {"nih-chest-xrays-data.zip": zip_of(chestxray14_files())}
+
+
+BUILDERS = {"crc": crc, "chestxray14": chestxray14, "covid_radiography": covid_radiography, "ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019,
             "cifar10": cifar10, "stl10": stl10, "imagenette": imagenette}
 
 

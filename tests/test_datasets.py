@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "crc": (["ADI", "NORM", "TUM"], 24, {"test": 6}),
     "covid_radiography": (sorted(fx.COVID_CLASSES), 20, {}),
+    "chestxray14": (["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "No Finding"], 18, {"test": 7}),
     "ham10000": (sorted(fx.HAM_CLASSES), 7 * 8, {}),
     "breakhis": (["benign", "malignant"], 16 * 8, {}),
     "aptos2019": (["0", "1", "2", "3", "4"], 30, {}),
@@ -69,7 +70,8 @@ def run_stages(tmp_path: Path, dataset: dict, max_quarantine: float = 0.0):
     pipeline.download(dataset, raw)
     adapter = registry.entry(dataset["source"]).adapter
     index_path, quarantine_path, split_path = (tmp_path / f for f in ("index.parquet", "quarantine.parquet", "split.parquet"))
-    params = {"adapter": adapter, "max_quarantine_fraction": max_quarantine, "ground_truth": registry.ground_truth(dataset)}  # as index_params
+    params = {"adapter": adapter, "max_quarantine_fraction": max_quarantine, "ground_truth": registry.ground_truth(dataset),
+              "ground_truth_scope": registry.ground_truth_scope(dataset)}  # as index_params
     pipeline.index(raw, params, index_path, quarantine_path)
     pipeline.split(index_path, {"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0}, split_path)
     return raw, pd.read_parquet(index_path), pd.read_parquet(quarantine_path), pd.read_parquet(split_path)
@@ -105,6 +107,16 @@ def test_each_dataset_downloads_extracts_indexes_and_splits_without_leakage(name
         assert set(index["label"]) <= set(fx.CIFAR_NAMES)
 
 
+def test_the_config_schema_names_exactly_the_registrys_datasets_and_adapters():
+    from camfaith.data.index import ADAPTERS
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]
+    assert set(dataset["source"]["enum"]) == {"synthetic", *registry.DATASETS}
+    assert set(dataset["adapter"]["enum"]) == set(ADAPTERS)
+    assert {entry.adapter for entry in registry.DATASETS.values()} <= set(ADAPTERS)
+
+
 def test_covid_lung_masks_reach_the_localisation_metrics_and_a_missing_mask_is_quarantined(server, kaggle_token, tmp_path):
     import torch
 
@@ -132,6 +144,82 @@ def test_covid_lung_masks_reach_the_localisation_metrics_and_a_missing_mask_is_q
     maps = masks.float()
     assert torch.equal(localisation.relevance_mass(maps, masks), torch.ones(len(test)))
     assert localisation.pointing_game(maps, masks)[0].eq(1).all()
+
+
+def test_chestxray14_labels_by_the_boxs_finding_and_only_boxed_images_reach_the_localisation_metrics(server, kaggle_token, tmp_path, caplog):
+    import numpy as np
+    import torch
+
+    from camfaith.data.images import ImageTable, Preprocessing, select_split
+    from camfaith.metrics.localisation import box_region
+    from camfaith.store import MapSet, read_parquet, write_maps
+
+    archives_ = publish(server, "chestxray14")
+    dataset = {"name": "cxr", "source": "chestxray14", "mirror": server.url, "cache_dir": str(tmp_path / "cache"), "checksums": pinned(archives_)}
+    with caplog.at_level("WARNING"):
+        raw, index, quarantine, splits = run_stages(tmp_path, dataset)
+    assert registry.ground_truth(dataset) == "box" and registry.ground_truth_scope(dataset) == "some"
+    assert "left out 2 of 20 images: several findings and no box" in caplog.text
+    assert "1 of 6 boxes not used: each image keeps its first box" in caplog.text
+    by_name = index.assign(name=index["path"].str.rsplit("/", n=1).str[1]).set_index("name")
+    assert "00000001_002.png" not in by_name.index and "00000006_002.png" not in by_name.index  # several findings, no box
+    # the box belongs to its finding: Effusion|Infiltration with an "Infiltrate" box is an Infiltration image
+    assert by_name.loc["00000005_001.png", "label"] == "Infiltration"
+    # x 8.5 y 10.25 w 14 h 12.5 widened to whole pixels; the second box of 00000006_000 is not kept
+    assert by_name.loc["00000005_000.png", ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].tolist() == [8, 10, 23, 23]
+    assert by_name.loc["00000006_000.png", ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].tolist() == [16, 16, 24, 24]
+    assert by_name["bbox_x0"].notna().sum() == 5 and by_name.loc[by_name["bbox_x0"].isna(), "label"].ne("").all()
+    test_ids = set(splits.loc[splits["split"] == "test", "image_id"])
+    assert test_ids == set(index.loc[index["group"].astype(int) >= 5, "image_id"])  # test_list.txt, patient-wise
+
+    # maps equal to each boxed image's box at the 16 px input: the unboxed test images are counted, not scored
+    test = ImageTable(raw, select_split(index, splits, "test"), Preprocessing(16))
+    has = [test.has_ground_truth(i) for i in range(len(test))]
+    assert sum(has) == 5 and len(test) == 7
+    maps = torch.stack([box_region(test.load_ground_truth(i, "box")[1].view(1, 4), (16, 16))[0].float() if has[i]
+                        else torch.zeros(16, 16) for i in range(len(test))])
+    logits = np.zeros((len(test), 15), dtype=np.float32)
+    labels = np.array(test.labels)
+    logits[np.arange(len(test)), labels] = 1.0
+    maps_path = tmp_path / "gradcam.h5"
+    write_maps(maps_path, MapSet(maps=maps.numpy(), image_ids=test.image_ids, labels=labels, predictions=labels, targets=labels, logits=logits,
+                                 probabilities=logits, attrs={"method": "gradcam", "resolution": "input", "settings": {}, "map_shape": [16, 16],
+                                                              "input_size": 16, "weights_sha256": "0" * 64}))
+    out = tmp_path / "pointing_game.parquet"
+    pipeline.score_ground_truth(raw, tmp_path / "index.parquet", tmp_path / "split.parquet", {"gradcam": str(maps_path)}, "pointing_game",
+                                {"settings": {"images": "all", "region": "box", "tolerance_px": [0], "abstain_below": None,
+                                              "postprocess": {"relu": True, "minmax": False, "upsample": "bilinear"}},
+                                 "protocol": "default", "seed": 0, "ground_truth": "box", "ground_truth_scope": "some"},
+                                out, {"dataset": "cxr", "model": "densenet121"})
+    scores = read_parquet(out)
+    hits = scores[scores["quantity"] == "hit"]
+    assert sorted(hits["image_id"]) == sorted(i for i, h in zip(test.image_ids, has) if h)
+    assert hits["value"].eq(1.0).all()
+    metadata = read_table_metadata(out)
+    assert metadata["images_without_ground_truth"] == 2 and metadata["ground_truth_scope"] == "some"
+    assert metadata["methods"]["gradcam"]["images_selected"] == 5 and metadata["methods"]["gradcam"]["images_left_out"] == 0
+
+
+def test_a_chestxray14_box_outside_its_image_is_quarantined_with_the_reason(tmp_path):
+    boxes = [*fx.CHESTXRAY14_BOXES[:2], ("00000006_001.png", "Mass", 28.0, 4.0, 10.0, 5.0)]  # x + w = 38 > 32
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "nih-chest-xrays-data.zip").write_bytes(fx.zip_of(fx.chestxray14_files(boxes)))
+    dataset = {"name": "cxr", "source": "chestxray14", "local_path": str(manual),
+               "checksums": {"nih-chest-xrays-data.zip": fx.md5((manual / "nih-chest-xrays-data.zip").read_bytes())}}
+    _, index, quarantine, _ = run_stages(tmp_path, dataset, max_quarantine=0.1)
+    assert quarantine["path"].str.endswith("00000006_001.png").tolist() == [True]
+    assert quarantine["reason"].tolist() == ["box (28, 4, 38, 9) is empty or outside the 32×32 image"]
+    assert not index["path"].str.endswith("00000006_001.png").any()
+
+
+def test_a_chestxray14_box_that_is_not_four_numbers_is_refused_with_its_line(tmp_path):
+    folder = tmp_path / "cxr"
+    for name, data in fx.chestxray14_files([*fx.CHESTXRAY14_BOXES[:1], ("00000005_001.png", "Infiltrate", 2.0, 3.0, "", 9.0)]).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    with pytest.raises(ValueError, match=r"BBox_List_2017.csv: line 3: the box is not four numbers"):
+        adapters.chestxray14_csv(folder)
 
 
 def test_kaggle_downloads_send_the_token_as_basic_auth(server, kaggle_token, tmp_path):

@@ -89,7 +89,7 @@ def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_
 
     declared = params.get("classes")
     table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"], declared,
-                                                params.get("ground_truth", "none"))
+                                                params.get("ground_truth", "none"), params.get("ground_truth_scope", "all"))
     write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
     write_table(table, index_path, {"classes": index_stage.class_names(table, declared)})
 
@@ -322,8 +322,9 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
     against the dataset's ground truth → one long Parquet (docs/formats.md §8). No model is loaded:
     the maps, the masks and boxes (at the maps' input resolution, :meth:`ImageTable.load_ground_truth`)
     and the stored logits are all it reads. ``params`` holds the metric's ``settings``, ``protocol``,
-    ``ground_truth`` (the dataset's kind: mask or box), ``seed`` and, where the dataset has them,
-    ``overrides``."""
+    ``ground_truth`` (the dataset's kind: mask or box), ``ground_truth_scope`` (``all``, or ``some``:
+    only the images with ground truth are scored, the others counted), ``seed`` and, where the
+    dataset has them, ``overrides``."""
     import numpy as np
     import torch
 
@@ -338,10 +339,18 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
     first = next(iter(maps_of.values()))
     size = int(first.attrs["input_size"])
     test = _test_table(raw_dir, index_path, split_path, Preprocessing(size))
-    loaded = [test.load_ground_truth(position, kind) for position in range(len(test))]
+    # scope all: every image must have its ground truth (load_ground_truth names one that has not);
+    # some: the images without (ChestX-ray14's unboxed ones) are not scored, and counted
+    scope = params.get("ground_truth_scope", "all")
+    has_truth = np.array([scope == "all" or test.has_ground_truth(position) for position in range(len(test))], dtype=bool)
+    nothing = (torch.zeros(size, size, dtype=torch.bool), torch.full((4,), float("nan")))
+    loaded = [test.load_ground_truth(position, kind) if has_truth[position] else nothing for position in range(len(test))]
     masks = torch.stack([mask for mask, _ in loaded]) if loaded else torch.zeros(0, size, size, dtype=torch.bool)
     boxes = torch.stack([box for _, box in loaded]) if loaded else torch.zeros(0, 4)
-    empty = [test.image_ids[i] for i in np.flatnonzero(~masks.flatten(1).any(dim=1).numpy())]
+    without = int((~has_truth).sum())
+    if without:
+        log.info("%d of %d test images have no ground truth (ground_truth_scope: some): not scored by %s", without, len(test), metric)
+    empty = [test.image_ids[i] for i in np.flatnonzero(has_truth & ~masks.flatten(1).any(dim=1).numpy())]
     if empty:
         log.warning("%d of %d test images have an empty ground truth at %d px (their %s is undefined, NaN): %s", len(empty), len(test),
                     size, metric, empty[:10])
@@ -350,6 +359,7 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
         if test.image_ids != maps.image_ids:
             raise ValueError(f"{maps_paths[method]}: its image ids do not match the test split of {split_path}; re-run explain")
         chosen = common.select(maps.labels, maps.predictions, settings["images"])
+        chosen = chosen[has_truth[chosen]]
         finite = finite_maps(maps.maps)
         selected, undefined = chosen[finite[chosen]], chosen[~finite[chosen]]
         if len(undefined):
@@ -365,7 +375,7 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
 
         rows = scoring.run(metric, context, blocks(), selected, undefined)
         frames.append(common.score_frame(rows, {**identity, "method": method, "metric": metric, "protocol": params["protocol"]}))
-        per_method[method] = {"images_selected": len(chosen), "images_left_out": len(maps.image_ids) - len(chosen),
+        per_method[method] = {"images_selected": len(chosen), "images_left_out": len(maps.image_ids) - without - len(chosen),
                               "images_nonfinite_map": [maps.image_ids[p] for p in undefined],
                               "values_undefined": scoring.undefined_counts(rows, metric), "maps_degenerate": scoring.degenerate_counts(rows),
                               "weights_sha256": str(maps.attrs["weights_sha256"]), "resolution": str(maps.attrs["resolution"])}
@@ -373,7 +383,8 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
                  len(maps.image_ids), per_method[method]["values_undefined"] or "none", per_method[method]["maps_degenerate"] or "none")
     frame = pd.concat(frames, ignore_index=True)
     metadata = {"format": common.SCORES_FORMAT, "settings": settings, "protocol": params["protocol"], "seed": params["seed"],
-                "ground_truth": kind, "images_empty_ground_truth": empty, "images_total": len(test), "input_size": size,
+                "ground_truth": kind, "ground_truth_scope": scope, "images_without_ground_truth": without,
+                "images_empty_ground_truth": empty, "images_total": len(test), "input_size": size,
                 "methods": per_method, "package_versions": package_versions()}
     write_table(frame, scores_path, metadata)
 

@@ -1,8 +1,9 @@
 """Read each dataset's own on-disk layout into the index's rows, and convert binary formats to images.
 
 An adapter takes the extracted dataset folder and returns one row per image with ``path`` (relative
-to the folder, POSIX), ``label``, ``group`` and, where the dataset has them, ``mask_path`` and
-``official_split`` (``train``/``val``/``test``/``trainval``). Layouts are the publishers' (or
+to the folder, POSIX), ``label``, ``group`` and, where the dataset has them, ``mask_path``,
+``official_split`` (``train``/``val``/``test``/``trainval``) and a box ``bbox_x0..bbox_y1`` (pixels
+of the image, x1/y1 exclusive). Layouts are the publishers' (or
 Kaggle's) as unpacked; folders are found wherever they sit under the root, because Kaggle archives
 often nest the dataset one or two folders deep. The ``group`` is what must never straddle splits
 (patient, lesion, or the image itself where nothing better is published).
@@ -23,7 +24,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-COLUMNS = ["path", "label", "group", "mask_path", "official_split"]
+COLUMNS = ["path", "label", "group", "mask_path", "official_split", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
 
 
 def _images(root: Path) -> list[Path]:
@@ -146,6 +147,87 @@ def aptos_csv(root: Path) -> pd.DataFrame:
     return _frame(rows, root, "train.csv rows")
 
 
+# --- NIH ChestX-ray14: Data_Entry_2017*.csv + BBox_List_2017.csv + {train_val,test}_list.txt + images*/…png ---
+
+# BBox_List_2017.csv spells one finding differently from Data_Entry_2017.csv
+CHESTXRAY14_BOX_FINDINGS = {"Infiltrate": "Infiltration"}
+
+
+def _chestxray14_table(root: Path, pattern: str, what: str) -> Path:
+    tables = sorted(root.rglob(pattern))
+    if not tables:
+        raise FileNotFoundError(f"{root}: {what} not found; is this the extracted ChestX-ray14 download (docs/datasets.md)?")
+    return tables[0]
+
+
+def chestxray14_boxes(path: Path) -> pd.DataFrame:
+    """``BBox_List_2017.csv`` → ``image, finding, bbox_x0, bbox_y0, bbox_x1, bbox_y1`` in file order.
+
+    The file's header (``Image Index,Finding Label,Bbox [x,y,w,h],,,``) splits its box over four
+    columns, so they are read by position: x, y, w, h in pixels of the 1024 px image. A box is widened
+    to whole pixels (x0 = floor x, x1 = ceil(x + w)), never clipped: one outside its image is then
+    quarantined by the index stage. A row that is not four numbers is a ``ValueError`` naming it."""
+    table = pd.read_csv(path, dtype=str)
+    if table.shape[1] < 6 or table.columns[0] != "Image Index":
+        raise ValueError(f"{path}: expected the columns Image Index, Finding Label, Bbox [x,y,w,h]; got {list(table.columns)[:6]}")
+    numbers = table.iloc[:, 2:6].apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna().any(axis=1) | (numbers.iloc[:, 2] <= 0) | (numbers.iloc[:, 3] <= 0)
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise ValueError(f"{path}: line {line}: the box is not four numbers x, y, w > 0, h > 0: {table.iloc[line - 2].tolist()[:6]}")
+    x, y, w, h = (numbers.iloc[:, i].to_numpy(dtype=float) for i in range(4))
+    finding = table.iloc[:, 1].map(lambda name: CHESTXRAY14_BOX_FINDINGS.get(name, name))
+    return pd.DataFrame({"image": table.iloc[:, 0], "finding": finding, "bbox_x0": np.floor(x).astype(int), "bbox_y0": np.floor(y).astype(int),
+                         "bbox_x1": np.ceil(x + w).astype(int), "bbox_y1": np.ceil(y + h).astype(int)})
+
+
+def chestxray14_csv(root: Path) -> pd.DataFrame:
+    """One row per usable image of ChestX-ray14 (NIH's release or Kaggle's ``nih-chest-xrays/data``).
+
+    Labels: an image with a box is labelled by its box's finding (the box belongs to its finding,
+    whatever else the image shows) and keeps its first box in file order; an image without a box
+    is labelled by its single finding or ``No Finding``; an image with several findings and no box
+    has no single true class and is left out. The boxes not kept and the images left out are counted
+    in warnings. ``group``: Patient ID; ``official_split``: ``test`` for ``test_list.txt``,
+    ``trainval`` for ``train_val_list.txt``."""
+    entries_path = _chestxray14_table(root, "Data_Entry_2017*.csv", "Data_Entry_2017.csv")
+    entries = pd.read_csv(entries_path, dtype=str)
+    missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
+    if missing:
+        raise ValueError(f"{entries_path}: missing column(s) {sorted(missing)}")
+    boxes = chestxray14_boxes(_chestxray14_table(root, "BBox_List_2017.csv", "BBox_List_2017.csv"))
+    official = {}
+    for name, split in (("train_val_list.txt", "trainval"), ("test_list.txt", "test")):
+        for line in _chestxray14_table(root, name, name).read_text().split():
+            official[line] = split
+    images = {p.name: p for p in _first_by_name([p for p in _images(root) if p.suffix.lower() == ".png"], root, "ChestX-ray14 image")}
+    unlisted = sorted(set(boxes["image"]) - set(entries["Image Index"]))
+    if unlisted:
+        raise ValueError(f"{root}: BBox_List_2017.csv has box(es) for {len(unlisted)} image(s) that {entries_path.name} does not list: {unlisted[:5]}")
+    first_box = boxes.drop_duplicates("image", keep="first").set_index("image")
+    rows, several = [], 0
+    for name, labels, patient in entries[["Image Index", "Finding Labels", "Patient ID"]].itertuples(index=False, name=None):
+        findings = str(labels).split("|")
+        if name in first_box.index:
+            box = first_box.loc[name]
+            label, extra = box["finding"], {f"bbox_{c}": int(box[f"bbox_{c}"]) for c in ("x0", "y0", "x1", "y1")}
+        elif len(findings) == 1:
+            label, extra = findings[0], {}
+        else:
+            several += 1
+            continue
+        path = images.get(name)
+        # a listed image with no file keeps its expected path, so the index stage quarantines it by name
+        relative = _rel(path, root) if path is not None else f"images/{name}"
+        rows.append({"path": relative, "label": label, "group": patient, "official_split": official.get(name), **extra})
+    if several:
+        log.warning("%s: left out %d of %d images: several findings and no box, so no single true class", root, several, len(entries))
+    if len(boxes) > len(first_box):
+        log.warning("%s: %d of %d boxes not used: each image keeps its first box (%d images have more than one)", root,
+                    len(boxes) - len(first_box), len(boxes), int((boxes["image"].value_counts() > 1).sum()))
+    return _frame(rows, root, "Data_Entry_2017.csv rows")
+
+
 # --- Imagenette: imagenette2/{train,val}/<wnid>/*.JPEG; val = test -------------------------------------------
 
 
@@ -167,6 +249,7 @@ ADAPTERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     "breakhis_folders": breakhis_folders,
     "aptos_csv": aptos_csv,
     "imagenette_folders": imagenette_folders,
+    "chestxray14_csv": chestxray14_csv,
 }
 
 

@@ -103,6 +103,12 @@ class ImageTable(Dataset):
         size = [self.preprocessing.image_size] * 2
         return v2.functional.resize(tensor, size, antialias=True).clamp_(0, 1)
 
+    def has_ground_truth(self, position: int) -> bool:
+        """Whether the image's row has a mask path or a whole box (``bbox_x0..bbox_y1``)."""
+        row = self.rows.iloc[position]
+        has_box = all(pd.notna(row.get(f"bbox_{c}")) for c in ("x0", "y0", "x1", "y1"))
+        return has_box or pd.notna(row.get("mask_path"))
+
     def load_ground_truth(self, position: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's ground truth at input resolution, resized as :meth:`load_unit` resizes the image
         (square, aspect not kept): ``(mask [S, S] bool, box [4] float32)``.

@@ -68,13 +68,18 @@ def check_image(path: Path) -> str | None:
 BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 
 
-def ground_truth_problem(root: Path, row: pd.Series, kind: str) -> str | None:
+def ground_truth_problem(root: Path, row: pd.Series, kind: str, scope: str = "all") -> str | None:
     """``None`` if the image's ground truth is usable for a dataset that declares ``kind`` (``mask``,
     ``box`` or ``none``), else why not: a missing or unreadable mask, a missing box, or a box that is
-    empty or reaches outside its image (box coordinates are pixels of the original image, x1/y1 exclusive)."""
+    empty or reaches outside its image (box coordinates are pixels of the original image, x1/y1 exclusive).
+    With ``scope`` ``some`` an image without any ground truth is fine (it is not scored by the
+    localisation metrics); one that has some must have it valid."""
     if kind == "none":
         return None
     has_box = all(column in row and pd.notna(row[column]) for column in BOX_COLUMNS)
+    has_mask = "mask_path" in row and pd.notna(row["mask_path"])
+    if scope == "some" and not has_box and not has_mask:
+        return None
     if has_box:
         x0, y0, x1, y1 = (float(row[column]) for column in BOX_COLUMNS)
         with Image.open(root / str(row["path"])) as image:
@@ -98,7 +103,8 @@ def ground_truth_problem(root: Path, row: pd.Series, kind: str) -> str | None:
 
 
 def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
-                classes: list[str] | None = None, ground_truth: str = "none") -> tuple[pd.DataFrame, pd.DataFrame]:
+                classes: list[str] | None = None, ground_truth: str = "none",
+                ground_truth_scope: str = "all") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Index the dataset under ``root``.
 
     Returns ``(index, quarantine)``: ``index`` has :data:`INDEX_COLUMNS` (``label_index`` follows the
@@ -109,7 +115,8 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
     their sorted order, a label outside them is a ``ValueError`` and a class without images a
     warning. Two images with the same ``image_id`` (``x.png`` and ``x.jpg``) are a ``ValueError``.
     With ``ground_truth`` ``mask`` or ``box`` an image whose ground truth is missing or invalid
-    (:func:`ground_truth_problem`) is quarantined too, with the reason.
+    (:func:`ground_truth_problem`) is quarantined too, with the reason; with ``ground_truth_scope``
+    ``some`` only an image that has ground truth needs it valid.
     """
     root = Path(root)
     if adapter not in ADAPTERS:
@@ -126,7 +133,7 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
     reasons = {path: check_image(root / path) for path in table["path"]}
     for _, row in table.iterrows():
         if reasons[row["path"]] is None:
-            reasons[row["path"]] = ground_truth_problem(root, row, ground_truth)
+            reasons[row["path"]] = ground_truth_problem(root, row, ground_truth, ground_truth_scope)
     quarantined = [(path, reason) for path, reason in reasons.items() if reason is not None]
     quarantine = pd.DataFrame(quarantined, columns=["path", "reason"])
     for path, reason in quarantined:

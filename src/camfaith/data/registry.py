@@ -54,6 +54,9 @@ class DatasetEntry:
     prepare: str | None = None  # a converter run after extraction (binary formats → PNG + metadata.csv)
     notes: tuple[str, ...] = field(default_factory=tuple)
     ground_truth: str = "none"  # mask, box or none: what the localisation metrics compare maps with
+    # all: every image has it (one without is quarantined); some: only some images do (ChestX-ray14's
+    # boxed images), the localisation metrics score those and count the others
+    ground_truth_scope: str = "all"
 
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
@@ -90,6 +93,27 @@ DATASETS: dict[str, DatasetEntry] = {
         notes=("lung masks are 256×256 px and are resized to the input size, as the images are; the localisation "
                "metrics compare maps with them",),
         ground_truth="mask",
+    ),
+    "chestxray14": DatasetEntry(
+        name="chestxray14",
+        title="NIH ChestX-ray14 (frontal chest X-rays, 14 findings; 984 hand-drawn boxes of 8 findings on 880 images)",
+        files=(RemoteFile("nih-chest-xrays-data.zip", kaggle="datasets/nih-chest-xrays/data"),),
+        adapter="chestxray14_csv",
+        classes=("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+                 "Infiltration", "Mass", "No Finding", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"),
+        group_key="Patient ID (Data_Entry_2017.csv), so all follow-up images of a patient stay in one split",
+        split_rule="official: test_list.txt is the test set (patient-wise; it holds the boxed images); train_val_list.txt "
+                   "is split into train/val",
+        licence="no restriction on use (NIH Clinical Center); acknowledge the NIH Clinical Center and cite the paper",
+        citation="Wang et al. (2017) ChestX-ray8, CVPR, doi:10.1109/CVPR.2017.369",
+        size_note="112,120 PNG images of 1024×1024 px from 30,805 patients; about 45 GB",
+        notes=("single-label index: an image with one finding (or No Finding) is labelled by it; an image with a box is "
+               "labelled by its box's finding (the box belongs to its finding) and keeps its first box; an image with several "
+               "findings and no box has no single true class and is left out; both counts are logged by the index stage",
+               "boxes (BBox_List_2017.csv, x y w h in the 1024 px images) are widened to whole pixels; only the boxed images "
+               "are scored by the localisation metrics (ground_truth_scope: some)"),
+        ground_truth="box",
+        ground_truth_scope="some",
     ),
     "ham10000": DatasetEntry(
         name="ham10000",
@@ -184,6 +208,20 @@ def entry(source: str) -> DatasetEntry:
 
 
 GROUND_TRUTH_KINDS = ("mask", "box", "none")
+
+
+GROUND_TRUTH_SCOPES = ("all", "some")
+
+
+def ground_truth_scope(dataset: dict) -> str:
+    """Whether every image of a dataset config has its ground truth (``all``: one without is
+    quarantined) or only some (``some``: the localisation metrics score those and count the rest):
+    its ``ground_truth_scope:``, else its registry entry's, else ``all``."""
+    if dataset.get("ground_truth_scope"):
+        return str(dataset["ground_truth_scope"])
+    if dataset.get("source") in DATASETS:
+        return DATASETS[dataset["source"]].ground_truth_scope
+    return "all"
 
 
 def ground_truth(dataset: dict) -> str:
