@@ -191,7 +191,7 @@ def split_params(wildcards):
 
 def train_params(wildcards):
     entry = config["models"][wildcards.dataset][wildcards.model]
-    return {"model": entry["model"], "training": entry["training"], "preprocessing": config["datasets"][wildcards.dataset]["preprocessing"], "device": config["device"]}
+    return {"model": entry["model"], "training": entry.get("training", {}), "preprocessing": config["datasets"][wildcards.dataset]["preprocessing"], "device": config["device"]}
 
 
 def evaluate_params(wildcards):

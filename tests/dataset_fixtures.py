@@ -224,8 +224,39 @@ def chestxray14() -> dict[str, bytes]:
     return {"nih-chest-xrays-data.zip": zip_of(chestxray14_files())}
 
 
-BUILDERS = {"crc": crc, "chestxray14": chestxray14, "covid_radiography": covid_radiography, "ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019,
-            "cifar10": cifar10, "stl10": stl10, "imagenette": imagenette}
+# ILSVRC 2012 validation: ILSVRC2012_img_val.tar holds the JPEGs flat; ILSVRC2012_bbox_val_v3.tgz holds
+# val/<name>.xml (PASCAL VOC). Three classes, three images each; images 40 x 30 px (the real ones vary).
+ILSVRC_WNIDS = ("n01440764", "n01443537", "n01484850")
+ILSVRC_BOXES = {  # image number -> boxes (xmin, ymin, xmax, ymax)
+    1: [(4, 3, 20, 18)], 2: [(0, 0, 40, 30)], 3: [(10, 5, 14, 9), (25, 10, 38, 28)],  # 3: two boxes, the second larger
+    4: [(2, 2, 12, 12)], 5: [(20, 0, 40, 15)], 6: [(5, 5, 35, 25)],
+    7: [(1, 1, 9, 9), (30, 20, 38, 28)], 8: [(15, 10, 25, 20)], 9: [(0, 15, 20, 30)],  # 7: two of equal area
+}
+
+
+def ilsvrc_annotation(name: str, wnids: list[str], boxes: list[tuple], size: tuple[int, int] = (40, 30)) -> bytes:
+    objects = "".join(f"<object><name>{wnid}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+                      f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+                      for wnid, (x0, y0, x1, y1) in zip(wnids, boxes))
+    return (f"<annotation><folder>val</folder><filename>{name}</filename><source><database>ILSVRC_2012</database></source>"
+            f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>"
+            f"{objects}</annotation>").encode()
+
+
+def ilsvrc2012_val(boxes: dict[int, list[tuple]] | None = None) -> dict[str, bytes]:
+    boxes = ILSVRC_BOXES if boxes is None else boxes
+    images, annotations = {}, {}
+    for number in ILSVRC_BOXES:
+        name = f"ILSVRC2012_val_{number:08d}"
+        images[f"{name}.JPEG"] = image_bytes(300 + number, (40, 30), fmt="JPEG")
+        if number in boxes:
+            wnid = ILSVRC_WNIDS[(number - 1) // 3]
+            annotations[f"val/{name}.xml"] = ilsvrc_annotation(name, [wnid] * len(boxes[number]), boxes[number])
+    return {"ILSVRC2012_img_val.tar": tar_of(images, "w"), "ILSVRC2012_bbox_val_v3.tgz": tar_of(annotations)}
+
+
+BUILDERS = {"crc": crc, "chestxray14": chestxray14, "ilsvrc2012_val": ilsvrc2012_val, "covid_radiography": covid_radiography,
+            "ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019, "cifar10": cifar10, "stl10": stl10, "imagenette": imagenette}
 
 
 def md5(data: bytes) -> str:

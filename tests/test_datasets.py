@@ -17,9 +17,11 @@ import zipfile
 from pathlib import Path
 
 import dataset_fixtures as fx
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from camfaith import pipeline
 from camfaith.data import adapters, archives, fetch, registry, split
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "crc": (["ADI", "NORM", "TUM"], 24, {"test": 6}),
     "covid_radiography": (sorted(fx.COVID_CLASSES), 20, {}),
+    "ilsvrc2012_val": (list(fx.ILSVRC_WNIDS), 9, {"test": 9}),  # every image is test: published models are scored on it
     "chestxray14": (["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "No Finding"], 18, {"test": 7}),
     "ham10000": (sorted(fx.HAM_CLASSES), 7 * 8, {}),
     "breakhis": (["benign", "malignant"], 16 * 8, {}),
@@ -89,7 +92,7 @@ def test_each_dataset_downloads_extracts_indexes_and_splits_without_leakage(name
     for record in manifest["files"]:
         assert record["sha256"] == fetch.file_hash(tmp_path / "cache" / record["name"])
     assert not list((tmp_path / "results" / "download").glob("*.partial"))
-    assert set(splits["split"]) == {"train", "val", "test"}
+    assert set(splits["split"]) == ({"test"} if name == "ilsvrc2012_val" else {"train", "val", "test"})
     assert splits.groupby("group")["split"].nunique().max() == 1
     if EXPECTED[name] is not None:
         classes, count, fixed = EXPECTED[name]
@@ -220,6 +223,71 @@ def test_a_chestxray14_box_that_is_not_four_numbers_is_refused_with_its_line(tmp
         (folder / name).write_bytes(data)
     with pytest.raises(ValueError, match=r"BBox_List_2017.csv: line 3: the box is not four numbers"):
         adapters.chestxray14_csv(folder)
+
+
+def test_ilsvrc_boxes_become_a_union_mask_and_the_largest_box_from_a_manual_download(tmp_path):
+    import torch
+
+    from camfaith.data.images import ImageTable, Preprocessing, select_split
+    from camfaith.metrics import localisation
+
+    manual = tmp_path / "imagenet"
+    manual.mkdir()
+    archives_ = fx.ilsvrc2012_val()
+    for name, data in archives_.items():
+        (manual / name).write_bytes(data)
+    dataset = {"name": "imagenet", "source": "ilsvrc2012_val", "local_path": str(manual), "checksums": pinned(archives_)}
+    raw, index, quarantine, splits = run_stages(tmp_path, dataset)
+    assert quarantine.empty and registry.ground_truth(dataset) == "mask" and registry.declared_classes(dataset) is None
+    rows = index.set_index("group")
+    box = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+    assert rows.loc["ILSVRC2012_val_00000003", box].tolist() == [25, 10, 38, 28]  # the larger of its two boxes
+    assert rows.loc["ILSVRC2012_val_00000007", box].tolist() == [1, 1, 9, 9]  # equal areas: the first
+    assert rows.loc["ILSVRC2012_val_00000004", "label"] == fx.ILSVRC_WNIDS[1]
+    union = np.asarray(Image.open(raw / rows.loc["ILSVRC2012_val_00000003", "mask_path"])) > 0
+    assert union.sum() == 4 * 4 + 13 * 18 and union[5:9, 10:14].all() and union[10:28, 25:38].all()
+
+    # at the 40 px input (the 40 x 30 images are stretched, and their masks with them), a map whose
+    # maximum lies in the smaller box of image 3 is a pointing-game hit: the mask is the union
+    test = ImageTable(raw, select_split(index, splits, "test"), Preprocessing(40))
+    position = test.image_ids.index(rows.loc["ILSVRC2012_val_00000003", "image_id"])
+    mask, largest = test.load_ground_truth(position, "mask")
+    assert torch.allclose(largest, torch.tensor([25.0, 10 * 40 / 30, 38.0, 28 * 40 / 30]))
+    peak = torch.zeros(1, 40, 40)
+    peak[0, 9, 12] = 1.0  # row 7 of 30 -> 9.3 of 40, inside the small box (rows 5-9 -> 6.7-12)
+    assert localisation.pointing_game(peak, mask.unsqueeze(0))[0].tolist() == [1.0]
+
+
+def test_an_ilsvrc_box_outside_its_image_is_quarantined_and_a_missing_box_file_refused(tmp_path):
+    boxes = {**fx.ILSVRC_BOXES, 5: [(20, 0, 41, 15)]}  # 41 > 40 px wide
+    manual = tmp_path / "imagenet"
+    manual.mkdir()
+    archives_ = fx.ilsvrc2012_val(boxes)
+    for name, data in archives_.items():
+        (manual / name).write_bytes(data)
+    dataset = {"name": "imagenet", "source": "ilsvrc2012_val", "local_path": str(manual), "checksums": pinned(archives_)}
+    _, index, quarantine, _ = run_stages(tmp_path, dataset, max_quarantine=0.2)
+    assert quarantine["path"].tolist() == ["images/ILSVRC2012_val_00000005.JPEG"]
+    assert quarantine["reason"].tolist() == ["box (20, 0, 41, 15) is empty or outside the 40×30 image"]
+    assert len(index) == 8
+
+    missing = {number: b for number, b in fx.ILSVRC_BOXES.items() if number != 2}
+    archives_ = fx.ilsvrc2012_val(missing)
+    for name, data in archives_.items():
+        (manual / name).write_bytes(data)
+    dataset["checksums"] = pinned(archives_)
+    with pytest.raises(ValueError, match=r"1 of 9 validation images have no box file .*ILSVRC2012_val_00000002.JPEG"):
+        pipeline.download(dataset, tmp_path / "results" / "download" / "other")
+    assert not (tmp_path / "results" / "download" / "other").exists()
+
+
+def test_imagenet_without_a_manual_download_says_where_to_get_it_and_where_to_put_it(tmp_path):
+    with pytest.raises(fetch.MissingManualDownloadError) as raised:
+        pipeline.download({"name": "imagenet", "source": "ilsvrc2012_val", "cache_dir": str(tmp_path / "cache")}, tmp_path / "raw")
+    message = str(raised.value)
+    assert "ILSVRC2012_img_val.tar" in message and "https://image-net.org/download-images.php" in message
+    assert "registration" in message and "datasets.imagenet.local_path" in message
+    assert str(tmp_path / "cache" / "ILSVRC2012_img_val.tar") in message
 
 
 def test_kaggle_downloads_send_the_token_as_basic_auth(server, kaggle_token, tmp_path):

@@ -54,6 +54,7 @@ def test_extremes_pick_the_highest_and_lowest_haas_member_with_its_hyperparamete
     ("haas_sweep", {"download": 3, "train": 48, "explain": 48, "score": 48, "sweep_table": 1}),
     ("retinopathy", {"download": 1, "train": 2, "explain": 6, "score": 18}),
     ("kth_chestxray", {"download": 1, "train": 1, "explain": 4, "score": None, "score_ground_truth": 1}),
+    ("kth_imagenet", {"download": 1, "train": 2, "explain": 6, "score": None, "score_ground_truth": 4}),
 ])
 def test_each_experiment_plans_exactly_its_study(tmp_path, experiment, expected):
     result = snakemake(tmp_path, "-n", "--configfile", str(EXPERIMENTS / f"{experiment}.yaml"))

@@ -284,3 +284,66 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     # the same file through plain pickle semantics would have run the payload: the test is real
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+# --- published models (head: published) ---------------------------------------------------------------
+
+
+def _cached_resnet18(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    """Random ResNet18 weights in a fresh hub cache, under the published file name."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    block_downloads(monkeypatch, DownloadAttempted("a download was attempted"))
+    torch.manual_seed(5)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference, cache / RESNET18_FILE)
+    return reference
+
+
+def test_a_published_model_is_torchvisions_network_with_its_own_classifier(tmp_path, monkeypatch):
+    reference = _cached_resnet18(tmp_path, monkeypatch)
+    spec = ModelSpec(arch="resnet18", num_classes=1000, input_size=32, head="published", weights="ResNet18_Weights.IMAGENET1K_V1")
+    model = build_model(spec)
+    published = torchvision.models.resnet18(weights=None)
+    published.load_state_dict(reference)
+    assert torch.equal(logits_of(model, 32), logits_of(published.eval(), 32))
+    assert default_target_layer(model) == "layer4.1.conv2" and resolve_layer(model, "layer4")[0] == "layer4"
+    with pytest.raises(ValueError, match=r"1000 outputs are its classes in torchvision's order; the dataset has 3 classes"):
+        build_model(ModelSpec(arch="resnet18", num_classes=3, input_size=32, head="published", weights="ResNet18_Weights.IMAGENET1K_V1"))
+    with pytest.raises(ValueError, match="no cut_after"):
+        build_model(ModelSpec(arch="resnet18", num_classes=1000, input_size=32, head="published", cut_after="layer2"))
+
+
+def test_the_train_stage_saves_a_published_model_untrained_and_its_checkpoint_gives_the_same_logits(tmp_path, monkeypatch):
+    """A 1,000-class dataset (one 8 px image per class, all test, as ImageNet's validation set is):
+    the train stage reads no train split, writes the weights as published and an empty history."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from camfaith import pipeline
+    from camfaith.store import read_parquet
+
+    reference = _cached_resnet18(tmp_path, monkeypatch)
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    rows = []
+    for k in range(1000):
+        Image.fromarray(np.full((8, 8, 3), k % 256, dtype=np.uint8)).save(raw / "images" / f"{k:04d}.png")
+        rows.append({"image": f"images/{k:04d}.png", "label": f"n{k:08d}", "group": str(k), "split": "test"})
+    pd.DataFrame(rows).to_csv(raw / "metadata.csv", index=False)
+    index, split = tmp_path / "index.parquet", tmp_path / "split.parquet"
+    pipeline.index(raw, {"adapter": "metadata_csv", "classes": None, "max_quarantine_fraction": 0.0}, index, tmp_path / "q.parquet")
+    pipeline.split(index, {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0}, split)
+    assert set(read_parquet(split)["split"]) == {"test"}
+    params = {"model": {"arch": "resnet18", "head": "published", "weights": "ResNet18_Weights.IMAGENET1K_V1"}, "training": {},
+              "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3}, "device": "cpu"}
+    model_path = tmp_path / "model.pt"
+    pipeline.train_model(raw, index, split, params, model_path, tmp_path / "history.parquet", tmp_path / "resume.pt")
+    assert read_parquet(tmp_path / "history.parquet").empty
+    loaded, spec, classes, _ = load_checkpoint(model_path)
+    assert spec.head == "published" and len(classes) == 1000 and classes[0] == "n00000000"
+    published = torchvision.models.resnet18(weights=None)
+    published.load_state_dict(reference)
+    assert torch.equal(logits_of(loaded, 8), logits_of(published.eval(), 8))

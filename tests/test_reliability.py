@@ -165,9 +165,16 @@ def test_a_class_absent_from_the_test_split_has_undefined_recall_not_zero():
          "models.synthetic.resnet18.model: cut_after for resnet18 must be one of ('layer1', 'layer2', 'layer3', 'layer4'), got 'layer9'"),
         (lambda c: c["models"]["synthetic"]["vgg11"]["model"].update(target_layer="features.99"),
          "models.synthetic.vgg11.model: target layer 'features.99' not found in the model"),
+        (lambda c: c["models"]["synthetic"]["vgg11"]["model"].update(head="published", cut_after=None, target_layer=None),
+         "models.synthetic.vgg11.model: head: published uses torchvision's weights as published; give weights"),
+        (lambda c: c["models"]["synthetic"]["vgg11"]["model"].update(head="published", cut_after=None, target_layer=None,
+                                                                       weights="VGG11_Weights.IMAGENET1K_V1"),
+         "models.synthetic.vgg11: a model with head: published is not trained; remove its training"),
+        (lambda c: c["models"]["synthetic"]["vgg11"].pop("training"),
+         "models.synthetic.vgg11: training is required (only a model with head: published has none)"),
     ],
     ids=["region-not-smaller-than-image", "fractions-not-one", "negative-seed", "negative-split-seed", "slash-in-name", "cut-after-missing",
-         "target-layer-missing"],
+         "target-layer-missing", "published-without-weights", "published-with-training", "training-missing"],
 )
 def test_config_problems_are_refused_when_validated(edit, message, tmp_path):
     config = copy.deepcopy(DEFAULTS)

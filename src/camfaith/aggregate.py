@@ -288,14 +288,18 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
     return "\n".join(sections) if sections else "not run\n"
 
 
+PER_CLASS_LIMIT = 30  # classes a per-class table shows (columns); beyond, the score files hold the values
+
+
 def per_class_markdown(scores: pd.DataFrame, metric: str, classes: dict[str, list[str]], decimals: int = 2) -> str:
     """A localisation metric per true class: a section per dataset / model, a row per method and
     setting (methods in registry order, controls last), a column per class (``name (n)``, n the
     images of that class with a finite value) and one for all images. Cells are the mean of the
     metric's per-image quantity over that class's images (the pointing game's accuracy per class);
     "" where a class has no scored image. ``classes``: dataset → class names by label index (the
-    index's metadata); a label without a name is shown by its index. Empty string when ``scores``
-    holds no row of ``metric``."""
+    index's metadata); a label without a name is shown by its index. A model scored on more than
+    ``PER_CLASS_LIMIT`` classes (ImageNet's 1,000) gets a sentence pointing to the score files
+    instead of a table no one can read. Empty string when ``scores`` holds no row of ``metric``."""
     from camfaith import explainers
 
     entry = REGISTRY[metric]
@@ -307,6 +311,10 @@ def per_class_markdown(scores: pd.DataFrame, metric: str, classes: dict[str, lis
     for (dataset, model), cell in rows.groupby(["dataset", "model"], observed=True, sort=True):
         names = classes.get(str(dataset), [])
         labels = sorted(int(label) for label in cell["label"].dropna().unique())
+        if len(labels) > PER_CLASS_LIMIT:
+            sections.append(f"### {dataset} / {model}\n\n{len(labels)} classes, more than a table can show ({PER_CLASS_LIMIT}): "
+                            f"the per-image values and their `label` are in results/score/<protocol>/{dataset}/{model}/{metric}.parquet.\n")
+            continue
         finite = cell[np.isfinite(cell["value"].to_numpy(dtype=float))]
         counts = finite.drop_duplicates(["image_id"])["label"].value_counts()
         named = [f"{names[label] if label < len(names) else label} ({int(counts.get(label, 0))})" for label in labels]

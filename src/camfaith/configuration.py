@@ -136,6 +136,14 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
     config.setdefault("container", DEFAULT_CONTAINER)
     for dataset, entries in config["models"].items():
         for name, entry in entries.items():
+            published = (entry.get("model") or {}).get("head") == "published"
+            if published and not entry["model"].get("weights"):
+                raise ConfigError(f"config models.{dataset}.{name}.model: head: published uses torchvision's weights as published; "
+                                  "give weights (e.g. VGG16_Weights.IMAGENET1K_V1)")
+            if published and (entry.get("training") or entry.get("grid")):
+                raise ConfigError(f"config models.{dataset}.{name}: a model with head: published is not trained; remove its training/grid")
+            if not published and "training" not in entry:
+                raise ConfigError(f"config models.{dataset}.{name}: training is required (only a model with head: published has none)")
             if entry.get("grid") and "seeds" in (entry.get("training") or {}):
                 raise ConfigError(f"config models.{dataset}.{name}: a grid model cannot also have training.seeds (put seed into the grid instead)")
     try:

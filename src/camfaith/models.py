@@ -25,7 +25,9 @@ VGGS = ("vgg11", "vgg16", "vgg19")
 # Networks whose trunk is a ``features`` Sequential followed by a classifier (cut and re-headed like VGG).
 FEATURE_NETS = ("efficientnet_b0", "densenet121")
 ARCHS = RESNETS + VGGS + FEATURE_NETS
-HEADS = ("flatten", "gap", "gap_dense")
+# published: the network as torchvision publishes it, its own classifier and classes (ImageNet's 1,000),
+# used as it is (the train stage trains nothing): the KTH reproduction's pretrained VGG16 and ResNet50
+HEADS = ("flatten", "gap", "gap_dense", "published")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 CHECKPOINT_FORMAT = "camfaith.model/1"
 
@@ -170,8 +172,29 @@ def _feature_net(spec: ModelSpec, model: nn.Module) -> nn.Module:
     return net
 
 
+def published_classes(weights_name: str) -> list[str]:
+    """The class names of torchvision weights ``weights_name``, in the order of its classifier's outputs."""
+    return list(torchvision.models.get_weight(weights_name).meta["categories"])
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """A torchvision model cut and re-headed as ``spec`` says, in eval mode on the CPU."""
+    """A torchvision model cut and re-headed as ``spec`` says, in eval mode on the CPU.
+
+    ``head: published`` keeps the whole network and its own classifier: ``num_classes`` must be the
+    weights' class count (a ValueError otherwise); without weights (the planner's check on the meta
+    device, or a checkpoint's rebuild) it has ``num_classes`` outputs."""
+    if spec.head == "published":
+        if spec.cut_after is not None or spec.plain_last_block or spec.trainable is not None:
+            raise ValueError("head: published uses the network as published: no cut_after, plain_last_block or trainable")
+        if spec.weights and len(published_classes(spec.weights)) != spec.num_classes:
+            raise ValueError(f"head: published keeps the classifier of {spec.weights}, whose {len(published_classes(spec.weights))} outputs "
+                             f"are its classes in torchvision's order; the dataset has {spec.num_classes} classes. Use a dataset "
+                             "with all of them (ImageNet: the 1,000 WordNet ids, sorted) or train a new head (flatten, gap)")
+        model = torchvision.models.get_model(spec.arch, weights=None, num_classes=spec.num_classes)
+        if spec.weights:
+            state = pretrained_state_dict(spec.weights)
+            model.load_state_dict(_densenet_keys(state) if spec.arch.startswith("densenet") else state)
+        return model.eval()
     model = torchvision.models.get_model(spec.arch, weights=None)
     if spec.weights:
         state = pretrained_state_dict(spec.weights)

@@ -109,7 +109,9 @@ def split(index_path: str | Path, params: dict, split_path: str | Path) -> None:
 
 def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | Path, params: dict,
                 model_path: str | Path, history_path: str | Path, resume_path: str | Path) -> None:
-    """Train one model; ``params`` holds ``model``, ``training``, ``preprocessing`` and ``device``."""
+    """Train one model; ``params`` holds ``model``, ``training``, ``preprocessing`` and ``device``. A
+    model with ``head: published`` is saved as published (weights and classifier), untrained, with an
+    empty history."""
     import torch
 
     from camfaith.data import index as index_stage
@@ -125,6 +127,15 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     device = pick_device(params.get("device", "auto"))
     torch.manual_seed(config.seed)  # fresh layers are initialised from this seed
     model = build_model(spec)
+    if spec.head == "published":
+        # the network as published, its classifier included: nothing to train (ImageNet's validation set is all test)
+        log.info("%s with %s as published: not trained (%d classes)", spec.arch, spec.weights, len(classes))
+        key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path), "published")
+        save_checkpoint(model_path, model, spec, classes, params["preprocessing"], {"fingerprint": key})
+        write_table(pd.DataFrame({"epoch": pd.Series(dtype="int64"), **{c: pd.Series(dtype="float64") for c in
+                                  ("train_loss", "val_loss", "val_balanced_accuracy", "lr", "seconds")}, "improved": pd.Series(dtype="bool")}),
+                    history_path)
+        return
     tables = {name: ImageTable(raw_dir, select_split(table, splits, name), preprocessing) for name in ("train", "val")}
     # The device type is part of the run: a CPU checkpoint has no AMP scaler state for a CUDA resume.
     key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path), device.type)

@@ -308,4 +308,60 @@ def stl10_binary(root: Path) -> None:
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
 
 
-CONVERTERS: dict[str, Callable[[Path], None]] = {"cifar10_batches": cifar10_batches, "stl10_binary": stl10_binary}
+def ilsvrc_val_annotation(path: Path) -> tuple[str, tuple[int, int], list[tuple[int, int, int, int]]]:
+    """One ILSVRC 2012 validation box file (PASCAL VOC XML) → ``(wnid, (width, height), boxes)``.
+
+    Boxes are ``(x0, y0, x1, y1)``: the file's ``xmin, ymin, xmax, ymax`` taken as the box's edges in
+    pixels (the VOC convention of 1-based inclusive corners differs by at most one pixel; a box
+    ending at the image's last column then ends at its width, as the files have it). Objects of
+    different classes in one file, a file without objects or a non-integer coordinate are a
+    ``ValueError`` naming the file."""
+    from xml.etree import ElementTree
+
+    try:
+        tree = ElementTree.parse(path)  # ImageNet's own annotation files, unpacked from the checked archive
+        size = tree.find("size")
+        width, height = int(size.findtext("width")), int(size.findtext("height"))
+        objects = [(item.findtext("name"), [int(item.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+                   for item in tree.iter("object")]
+    except (ElementTree.ParseError, AttributeError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not an ILSVRC box file (size/width, size/height, object/name, object/bndbox/xmin..ymax): {error}") from error
+    names = sorted({name for name, _ in objects})
+    if len(names) != 1:
+        raise ValueError(f"{path}: a validation image's boxes must name one class, found {names or 'no object'}")
+    return names[0], (width, height), [tuple(box) for _, box in objects]
+
+
+def ilsvrc_val_boxes(root: Path) -> None:
+    """ILSVRC 2012 validation images (``images/ILSVRC2012_val_<n>.JPEG``) and their box files
+    (``boxes/val/ILSVRC2012_val_<n>.xml``) → ``masks/<n>.png`` (the union of the image's boxes,
+    0/255, at the size the file gives) and ``metadata.csv`` (label: the boxes' WordNet id; mask; the
+    largest box as ``bbox_*``, ties to the first; split ``test``). An image without a box file is a
+    ``ValueError`` naming how many and which: its label is in that file."""
+    annotations = {p.stem: p for p in root.rglob("*.xml")}
+    images = [p for p in _images(root) if p.name.startswith("ILSVRC2012_val_")]
+    if not images:
+        raise FileNotFoundError(f"{root}: no ILSVRC2012_val_*.JPEG images; is this ILSVRC2012_img_val.tar unpacked?")
+    without = sorted(p.name for p in images if p.stem not in annotations)
+    if without:
+        raise ValueError(f"{root}: {len(without)} of {len(images)} validation images have no box file (ILSVRC2012_bbox_val_v3.tgz, "
+                         f"val/<name>.xml), which also holds their label: {without[:5]}")
+    (root / "masks").mkdir(exist_ok=True)
+    rows, several = [], 0
+    for image in images:
+        label, (width, height), boxes = ilsvrc_val_annotation(annotations[image.stem])
+        mask = np.zeros((height, width), dtype=np.uint8)
+        for x0, y0, x1, y1 in boxes:
+            mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 255  # a box outside the image is quarantined by the index stage
+        relative = Path("masks") / f"{image.stem}.png"
+        Image.fromarray(mask, "L").save(root / relative)
+        largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))  # max keeps the first of equal areas
+        several += len(boxes) > 1
+        rows.append({"image": _rel(image, root), "label": label, "group": image.stem, "mask": relative.as_posix(), "split": "test",
+                     **dict(zip(("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"), largest))})
+    log.info("%s: %d validation images, %d with more than one box (mask: their union; box: the largest)", root, len(rows), several)
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+
+
+CONVERTERS: dict[str, Callable[[Path], None]] = {"cifar10_batches": cifar10_batches, "stl10_binary": stl10_binary,
+                                                 "ilsvrc_val_boxes": ilsvrc_val_boxes}

@@ -35,6 +35,10 @@ class MissingCredentialsError(RuntimeError):
     """A Kaggle-hosted file, no token and no manual download."""
 
 
+class MissingManualDownloadError(RuntimeError):
+    """A file only a registered user can download (ImageNet), not in local_path, the cache or a mirror."""
+
+
 class ChecksumError(ValueError):
     """A file's hash differs from the expected one."""
 
@@ -195,6 +199,9 @@ class Fetched:
 
 
 def manual_instructions(remote: RemoteFile, dataset: str, cache_dir: Path) -> str:
+    if remote.manual:
+        return (f"download {remote.name} by hand from {remote.manual} (it needs a registration), then set "
+                f"datasets.{dataset}.local_path to the folder that holds it, or put it at {cache_dir / remote.name}")
     return (f"download {remote.name} by hand from {remote.page} (sign in; for a competition, accept its rules), then either "
             f"set datasets.{dataset}.local_path to the folder that holds {remote.name}, or put it at {cache_dir / remote.name}; "
             "or install a Kaggle API token in ~/.kaggle/kaggle.json (https://www.kaggle.com/settings → Create New Token)")
@@ -215,6 +222,11 @@ def fetch(remote: RemoteFile, dataset: str, cache_dir: Path, known_hash: str | N
     if target.is_file() and not known_hash:
         # no hash to check against: a complete earlier download is trusted (its SHA-256 is in manifest.json)
         return Fetched(target, file_hash(target))
+    if remote.manual and not mirror and not target.is_file():
+        raise MissingManualDownloadError(
+            f"{dataset}: {remote.name} cannot be downloaded for you: its publisher requires a registration. Sign up and "
+            f"download it from {remote.manual}, then set datasets.{dataset}.local_path to the folder that holds {remote.name} "
+            f"(with the dataset's other archives), or put it at {target}; a mirror: of your institution works too")
     auth = (credentials or kaggle_credentials()) if remote.kaggle else None
     if remote.kaggle and auth is None and not mirror and not target.is_file():
         raise MissingCredentialsError(f"{dataset}: {remote.name} is hosted on Kaggle and no API token was found; "

@@ -20,8 +20,10 @@ class RemoteFile:
     """One archive of a dataset.
 
     ``url``: a direct download; ``kaggle``: ``datasets/<owner>/<name>`` or ``competitions/<name>``
-    (fetched with the user's token from Kaggle's API). ``extract_to``: sub-folder of the dataset
-    folder the archive is unpacked into ("" = the folder itself). ``size``: bytes, when known.
+    (fetched with the user's token from Kaggle's API); ``manual``: the page where a registered user
+    downloads it (ImageNet): never fetched from the publisher, only from ``local_path``, the cache or
+    a ``mirror:`` (at ``url``'s path). ``extract_to``: sub-folder of the dataset folder the archive is
+    unpacked into ("" = the folder itself). ``size``: bytes, when known.
     """
 
     name: str
@@ -30,10 +32,13 @@ class RemoteFile:
     known_hash: str | None = None
     size: int | None = None
     extract_to: str = ""
+    manual: str | None = None
 
     @property
     def page(self) -> str:
         """Where a person downloads this file by hand."""
+        if self.manual:
+            return self.manual
         if self.kaggle:
             return f"https://www.kaggle.com/{self.kaggle}"
         return str(self.url)
@@ -60,6 +65,7 @@ class DatasetEntry:
 
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
+IMAGENET_PAGE = "https://image-net.org/download-images.php"
 
 DATASETS: dict[str, DatasetEntry] = {
     "crc": DatasetEntry(
@@ -114,6 +120,30 @@ DATASETS: dict[str, DatasetEntry] = {
                "are scored by the localisation metrics (ground_truth_scope: some)"),
         ground_truth="box",
         ground_truth_scope="some",
+    ),
+    "ilsvrc2012_val": DatasetEntry(
+        name="ilsvrc2012_val",
+        title="ImageNet ILSVRC 2012 validation set with its bounding boxes (1,000 classes)",
+        files=(
+            RemoteFile("ILSVRC2012_img_val.tar", url="https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
+                       manual=IMAGENET_PAGE, known_hash="md5:29b22e2961454d5413ddabcf34fc5622", size=6_744_924_160,
+                       extract_to="images"),
+            RemoteFile("ILSVRC2012_bbox_val_v3.tgz", url="https://image-net.org/data/ILSVRC/2012/ILSVRC2012_bbox_val_v3.tgz",
+                       manual=IMAGENET_PAGE, extract_to="boxes"),
+        ),
+        adapter="metadata_csv",
+        prepare="ilsvrc_val_boxes",
+        classes=(),  # the 1,000 WordNet ids the box files name, sorted: torchvision's class order
+        group_key="image",
+        split_rule="every image is test: the validation set scores published models, nothing is trained on it",
+        licence="ImageNet terms of access (non-commercial research and education; registration required)",
+        citation="Russakovsky et al. (2015) ImageNet Large Scale Visual Recognition Challenge, IJCV 115",
+        size_note="50,000 JPEG images of varying size, 50 per class, with one or more boxes each; 6.3 GB + 2 MB",
+        notes=("ImageNet needs a registration: download the two archives by hand and set local_path",
+               "labels come from the box files (every box of a validation image names its class); the union of an "
+               "image's boxes is its mask (pointing game, relevance mass, pixels inside, relevance rank), its largest "
+               "box its box (localisation error; the ILSVRC rule accepts any of them)"),
+        ground_truth="mask",
     ),
     "ham10000": DatasetEntry(
         name="ham10000",
@@ -248,5 +278,6 @@ def declared_classes(dataset: dict) -> list[str] | None:
 
         return list(SyntheticSpec.from_config(dataset.get("synthetic", {})).classes)
     if dataset.get("source") in DATASETS:
-        return list(DATASETS[dataset["source"]].classes)
+        # an entry without a class list (ImageNet's 1,000) takes the labels its files give
+        return list(DATASETS[dataset["source"]].classes) or None
     return None
