@@ -314,3 +314,19 @@ def test_the_pointing_game_table_gives_the_accuracy_per_class():
     assert lines[2] == "| method | tolerance in px | circle (3) | square (2) | triangle (0) | all (5) |"
     assert lines[4] == "| Grad-CAM | pointing game within 0 px | 0.67 | 0.50 |  | 0.60 |"
     assert aggregate.per_class_markdown(scores, "relevance_mass", {}) == ""
+
+
+def test_a_model_with_more_classes_than_a_table_shows_gets_a_pointer_to_its_score_file():
+    import pandas as pd
+
+    from camfaith import aggregate
+    from camfaith.metrics import SCORE_COLUMNS
+
+    labels = range(aggregate.PER_CLASS_LIMIT + 1)
+    rows = [{"dataset": "imagenet", "model": "vgg16", "method": "gradcam", "metric": "pointing_game", "protocol": "default",
+             "image_id": f"img{label}", "label": label, "target": label, "prediction": label, "parameter": "tolerance_px",
+             "parameter_value": 0.0, "quantity": "hit", "step": pd.NA, "value": 1.0} for label in labels]
+    text = aggregate.per_class_markdown(pd.DataFrame(rows, columns=list(SCORE_COLUMNS)), "pointing_game", {})
+    limit = aggregate.PER_CLASS_LIMIT
+    assert text.startswith(f"### imagenet / vgg16\n\n{limit + 1} classes, more than a table can show ({limit})")
+    assert "results/score/<protocol>/imagenet/vgg16/pointing_game.parquet" in text and "|" not in text
