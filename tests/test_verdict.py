@@ -211,3 +211,11 @@ def test_caveats_name_each_setting_once_and_list_the_methods_in_one_line():
     other = verdict.cells(summary.assign(parameter_value=16.0, grid="4x4"), tests.assign(parameter_value=16.0))[0]
     assert verdict.flagged_note([cell, other]).startswith("AOPC on 8x8 regions (8 px) and AOPC on 4x4 regions (16 px) do not rank the "
                                                           "control(s) Centre (control) last")
+
+
+def test_a_sentence_that_starts_with_a_settings_label_starts_with_a_capital():
+    from camfaith.verdict import capitalised
+
+    assert capitalised("pointing game within 4 px") == "Pointing game within 4 px"
+    assert capitalised("pixels above 0.85 × max inside") == "Pixels above 0.85 × max inside"
+    assert capitalised("AOPC on 8x8 regions (8 px)") == "AOPC on 8x8 regions (8 px)" and capitalised("") == ""

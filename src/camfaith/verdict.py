@@ -122,7 +122,7 @@ def pair_sentence(cell: Cell, first: str, second: str) -> str | None:
         return f"{title(first)} is {word} than {title(second)} by {cell.label}: {numbers}"
     if row["better"] == second:
         return f"{title(second)} is {word} than {title(first)} by {cell.label}: {title(first)} − {title(second)} = {numbers}"
-    return f"{cell.label} cannot tell them apart ({title(first)} − {title(second)} = {numbers})"
+    return f"{capitalised(cell.label)} cannot tell them apart ({title(first)} − {title(second)} = {numbers})"
 
 
 def top_group_sentence(cell: Cell) -> str:
@@ -137,7 +137,13 @@ def top_group_sentence(cell: Cell) -> str:
         text = f"no method is significantly better than another (best mean: {title(best)}, {number(rows.loc[best, 'mean'])})"
     else:
         text = f"top group (no method significantly better): {names}; best mean {title(best)} ({number(rows.loc[best, 'mean'])})"
-    return f"{cell.label}: {text}"
+    return f"{capitalised(cell.label)}: {text}"
+
+
+def capitalised(label: str) -> str:
+    """A setting's label at the start of a sentence (``pointing game within 4 px`` → ``Pointing game …``);
+    the rest is kept (``Max-Sensitivity``, ``× max``)."""
+    return label[:1].upper() + label[1:]
 
 
 def flagged_note(flagged: list[Cell]) -> str | None:
@@ -146,7 +152,7 @@ def flagged_note(flagged: list[Cell]) -> str | None:
         return None
     labels = [c.label for c in flagged]
     controls = list(dict.fromkeys(title(m) for c in flagged for m in c.flagged_controls))
-    setting = f"{labels[0]} does" if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]} do"
+    setting = f"{capitalised(labels[0])} does" if len(labels) == 1 else f"{capitalised(', '.join(labels[:-1]))} and {labels[-1]} do"
     where = "this setting does" if len(labels) == 1 else "these settings do"
     return (f"{setting} not rank the control(s) {', '.join(controls)} last (a map that ignores the model is in the top group "
             f"or beats a real method): {where} not measure faithfulness here")
