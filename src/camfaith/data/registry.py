@@ -126,7 +126,7 @@ DATASETS: dict[str, DatasetEntry] = {
         title="ImageNet ILSVRC 2012 validation set with its bounding boxes (1,000 classes)",
         files=(
             RemoteFile("ILSVRC2012_img_val.tar", url="https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
-                       manual=IMAGENET_PAGE, known_hash="md5:29b22e2961454d5413ddabcf34fc5622", size=6_744_924_160,
+                       manual=IMAGENET_PAGE, known_hash="md5:29b22e2961454d5413ddabcf34fc5622",
                        extract_to="images"),
             RemoteFile("ILSVRC2012_bbox_val_v3.tgz", url="https://image-net.org/data/ILSVRC/2012/ILSVRC2012_bbox_val_v3.tgz",
                        manual=IMAGENET_PAGE, extract_to="boxes"),
