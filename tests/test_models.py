@@ -337,7 +337,8 @@ def test_the_train_stage_saves_a_published_model_untrained_and_its_checkpoint_gi
     pipeline.index(raw, {"adapter": "metadata_csv", "classes": None, "max_quarantine_fraction": 0.0}, index, tmp_path / "q.parquet")
     pipeline.split(index, {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0}, split)
     assert set(read_parquet(split)["split"]) == {"test"}
-    params = {"model": {"arch": "resnet18", "head": "published", "weights": "ResNet18_Weights.IMAGENET1K_V1"}, "training": {},
+    params = {"model": {"arch": "resnet18", "head": "published", "weights": "ResNet18_Weights.IMAGENET1K_V1", "target_layer": "layer4"},
+              "training": {},
               "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3}, "device": "cpu"}
     model_path = tmp_path / "model.pt"
     pipeline.train_model(raw, index, split, params, model_path, tmp_path / "history.parquet", tmp_path / "resume.pt")
@@ -347,3 +348,16 @@ def test_the_train_stage_saves_a_published_model_untrained_and_its_checkpoint_gi
     published = torchvision.models.resnet18(weights=None)
     published.load_state_dict(reference)
     assert torch.equal(logits_of(loaded, 8), logits_of(published.eval(), 8))
+
+    # the KTH ImageNet experiment's methods explain it at layer4, as config/experiments/kth_imagenet.yaml does
+    from camfaith import explainers
+    from camfaith.store import read_maps
+
+    for method in ("gradcam", "guided_gradcam", "guided_backprop"):
+        settings = explainers.resolve_methods([method])[method].as_dict()
+        maps_path = tmp_path / f"{method}.h5"
+        pipeline.explain(raw, index, split, model_path, method, {"target": "label", "batch_size": 250, "device": "cpu", "seed": 0,
+                                                                 "settings": settings},
+                         maps_path, {"dataset": "imagenet", "model": "resnet18"})
+        maps = read_maps(maps_path)
+        assert maps.maps.shape[0] == 1000 and np.isfinite(maps.maps).all() and np.abs(maps.maps).sum() > 0, method
