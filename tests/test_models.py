@@ -361,3 +361,12 @@ def test_the_train_stage_saves_a_published_model_untrained_and_its_checkpoint_gi
                          maps_path, {"dataset": "imagenet", "model": "resnet18"})
         maps = read_maps(maps_path)
         assert maps.maps.shape[0] == 1000 and np.isfinite(maps.maps).all() and np.abs(maps.maps).sum() > 0, method
+
+
+def test_the_config_schema_names_exactly_the_builders_archs_and_heads():
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    model = schema["definitions"]["model"]["properties"]["model"]["properties"]
+    assert tuple(model["arch"]["enum"]) == models.ARCHS
+    assert tuple(model["head"]["enum"]) == models.HEADS

@@ -105,9 +105,9 @@ class ImageTable(Dataset):
 
     def has_ground_truth(self, position: int) -> bool:
         """Whether the image's row has a mask path or a whole box (``bbox_x0..bbox_y1``)."""
-        row = self.rows.iloc[position]
-        has_box = all(pd.notna(row.get(f"bbox_{c}")) for c in ("x0", "y0", "x1", "y1"))
-        return has_box or pd.notna(row.get("mask_path"))
+        from camfaith.data.index import has_ground_truth
+
+        return has_ground_truth(self.rows.iloc[position])
 
     def load_ground_truth(self, position: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's ground truth at input resolution, resized as :meth:`load_unit` resizes the image

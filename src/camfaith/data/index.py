@@ -68,6 +68,16 @@ def check_image(path: Path) -> str | None:
 BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 
 
+def has_box(row: pd.Series) -> bool:
+    """Whether an index row has a whole box (every one of :data:`BOX_COLUMNS` filled)."""
+    return all(column in row and pd.notna(row[column]) for column in BOX_COLUMNS)
+
+
+def has_ground_truth(row: pd.Series) -> bool:
+    """Whether an index row has a mask path or a whole box."""
+    return has_box(row) or ("mask_path" in row and pd.notna(row["mask_path"]))
+
+
 def ground_truth_problem(root: Path, row: pd.Series, kind: str, scope: str = "all") -> str | None:
     """``None`` if the image's ground truth is usable for a dataset that declares ``kind`` (``mask``,
     ``box`` or ``none``), else why not: a missing or unreadable mask, a missing box, or a box that is
@@ -76,17 +86,16 @@ def ground_truth_problem(root: Path, row: pd.Series, kind: str, scope: str = "al
     localisation metrics); one that has some must have it valid."""
     if kind == "none":
         return None
-    has_box = all(column in row and pd.notna(row[column]) for column in BOX_COLUMNS)
-    has_mask = "mask_path" in row and pd.notna(row["mask_path"])
-    if scope == "some" and not has_box and not has_mask:
+    boxed = has_box(row)
+    if scope == "some" and not has_ground_truth(row):
         return None
-    if has_box:
+    if boxed:
         x0, y0, x1, y1 = (float(row[column]) for column in BOX_COLUMNS)
         with Image.open(root / str(row["path"])) as image:
             width, height = image.size
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             return f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or outside the {width}×{height} image"
-    if kind == "box" and not has_box:
+    if kind == "box" and not boxed:
         return "no box (bbox_x0..bbox_y1), though the dataset declares ground_truth: box"
     if kind == "mask":
         mask = row.get("mask_path")
