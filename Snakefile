@@ -30,6 +30,7 @@ report: "report/workflow.rst"
 
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/import.smk"
 include: "rules/explain.smk"
 include: "rules/score.smk"
 include: "rules/aggregate.smk"

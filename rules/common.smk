@@ -2,11 +2,13 @@
 # (methods of each model, metrics, skips, grid members) is PLAN, which the Snakefile assigns from
 # prepare_config(); camfaith.configuration holds the logic.
 import copy
+import functools
 from pathlib import Path
 
 from camfaith import configuration, explainers, metrics, sweep
 from camfaith.io import software_fingerprint
-from camfaith.data import registry
+from camfaith.data import own, registry
+from camfaith.models import sources as model_sources
 
 
 def adopt_study_sections(study):
@@ -164,25 +166,43 @@ SOFTWARE = software_fingerprint()
 
 # Config subtrees passed as params: a job sees only what defines its output, so editing one setting
 # re-runs only the jobs that depend on it (Snakemake's params rerun trigger).
-DOWNLOAD_KEYS = ("source", "synthetic", "local_path", "mirror", "cache_dir", "checksums", "retries")
+DOWNLOAD_KEYS = ("source", "synthetic", "local_path", "table", "columns", "mirror", "cache_dir", "checksums", "retries")
+
+
+@functools.cache
+def own_images_fingerprint(local_path, table):
+    """The fingerprint of a folder of your own images (camfaith.data.own.fingerprint), once per snakemake invocation."""
+    return own.fingerprint(local_path, table)
 
 
 def dataset_source(wildcards):
+    """The download rule's params. For your own images (source folder/table) also the fingerprint of
+    every file under local_path and of the table, so a changed folder re-runs download, index and all
+    after them; computed in the main process only (each job re-reads this file, and walking a large
+    folder in every job would cost), where Snakemake decides what to re-run."""
     dataset = config["datasets"][wildcards.dataset]
-    return {"name": wildcards.dataset, **{key: dataset[key] for key in DOWNLOAD_KEYS if key in dataset}}
+    params = {"name": wildcards.dataset, **{key: dataset[key] for key in DOWNLOAD_KEYS if key in dataset}}
+    if dataset["source"] in registry.OWN_SOURCES and workflow.is_main_process:
+        table = own.table_file(dataset)
+        params["fingerprint"] = own_images_fingerprint(dataset["local_path"], str(table) if table else None)
+    return params
 
 
 def dataset_adapter(dataset):
-    """The configured adapter, else the registry's for that source."""
-    if "adapter" in dataset:
-        return dataset["adapter"]
-    return "metadata_csv" if dataset["source"] == "synthetic" else registry.entry(dataset["source"]).adapter
+    """The configured adapter, else its source's (registry.default_adapter)."""
+    return dataset.get("adapter") or registry.default_adapter(dataset["source"])
 
 
 def index_params(wildcards):
+    """The index rule's params; ``adapter_options`` (source table: the table file and its columns)
+    only where the adapter has options, so the other datasets' params stay as they were."""
     dataset = config["datasets"][wildcards.dataset]
-    return {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), "ground_truth": registry.ground_truth(dataset),
-            "ground_truth_scope": registry.ground_truth_scope(dataset), **dataset["index"]}
+    params = {"adapter": dataset_adapter(dataset), "classes": registry.declared_classes(dataset), "ground_truth": registry.ground_truth(dataset),
+              "ground_truth_scope": registry.ground_truth_scope(dataset), **dataset["index"]}
+    options = own.adapter_options(dataset)
+    if options:
+        params["adapter_options"] = options
+    return params
 
 
 def split_params(wildcards):
@@ -192,6 +212,34 @@ def split_params(wildcards):
 def train_params(wildcards):
     entry = config["models"][wildcards.dataset][wildcards.model]
     return {"model": entry["model"], "training": entry.get("training", {}), "preprocessing": config["datasets"][wildcards.dataset]["preprocessing"], "device": config["device"]}
+
+
+def trained_here(dataset, model):
+    """Whether camfaith builds and trains the model (source torchvision), or it is brought from elsewhere."""
+    return model_sources.source_of(config["models"][dataset][model]["model"]).trained_here
+
+
+def model_file(wildcards):
+    """The model every stage after training loads: the train stage's checkpoint, or the import record
+    of a model brought from elsewhere (camfaith.models.own.load_model reads both)."""
+    if trained_here(wildcards.dataset, wildcards.model):
+        return f"results/train/{wildcards.dataset}/{wildcards.model}/model.pt"
+    return f"results/import/{wildcards.dataset}/{wildcards.model}/model.json"
+
+
+def import_inputs(wildcards):
+    """The user's checkpoint file as an input of its import, so replacing the file re-imports the model."""
+    # (not named checkpoint: a Snakemake keyword)
+    weights = config["models"][wildcards.dataset][wildcards.model]["model"].get("checkpoint")
+    return {"weights": weights} if weights else {}
+
+
+def import_params(wildcards):
+    """What the import of a model needs: its model config, its methods (Guided Backpropagation is
+    checked against its activations) and the dataset's preprocessing (the defaults of the model's)."""
+    entry = config["models"][wildcards.dataset][wildcards.model]
+    return {"model": entry["model"], "methods": model_methods(wildcards.dataset, wildcards.model),
+            "preprocessing": config["datasets"][wildcards.dataset]["preprocessing"]}
 
 
 def evaluate_params(wildcards):

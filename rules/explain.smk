@@ -7,7 +7,7 @@ rule explain:
         raw="results/download/{dataset}",
         index="results/index/{dataset}/index.parquet",
         split="results/split/{dataset}/split.parquet",
-        model="results/train/{dataset}/{model}/model.pt",
+        model=model_file,
     output:
         maps="results/explain/{dataset}/{model}/{method}.h5",
     params:

@@ -10,7 +10,7 @@ rule score:
         raw="results/download/{dataset}",
         index="results/index/{dataset}/index.parquet",
         split="results/split/{dataset}/split.parquet",
-        model="results/train/{dataset}/{model}/model.pt",
+        model=model_file,
         maps="results/explain/{dataset}/{model}/{method}.h5",
     output:
         scores="results/score/{protocol}/{dataset}/{model}/{method}/{metric}.parquet",

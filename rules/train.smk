@@ -33,7 +33,7 @@ rule evaluate:
         raw="results/download/{dataset}",
         index="results/index/{dataset}/index.parquet",
         split="results/split/{dataset}/split.parquet",
-        model="results/train/{dataset}/{model}/model.pt",
+        model=model_file,
     output:
         scores="results/evaluate/{dataset}/{model}/test_scores.parquet",
     params:

@@ -115,7 +115,7 @@ def test_the_config_schema_names_exactly_the_registrys_datasets_and_adapters():
 
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]
-    assert set(dataset["source"]["enum"]) == {"synthetic", *registry.DATASETS}
+    assert set(dataset["source"]["enum"]) == {"synthetic", *registry.OWN_SOURCES, *registry.DATASETS}
     assert set(dataset["adapter"]["enum"]) == set(ADAPTERS)
     assert {entry.adapter for entry in registry.DATASETS.values()} <= set(ADAPTERS)
 

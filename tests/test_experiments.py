@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,7 +59,13 @@ def test_extremes_pick_the_highest_and_lowest_haas_member_with_its_hyperparamete
     ("kth_imagenet", {"download": 1, "train": 2, "explain": 6, "score": None, "score_ground_truth": 4}),
 ])
 def test_each_experiment_plans_exactly_its_study(tmp_path, experiment, expected):
-    result = snakemake(tmp_path, "-n", "--configfile", str(EXPERIMENTS / f"{experiment}.yaml"))
+    config = yaml.safe_load((EXPERIMENTS / f"{experiment}.yaml").read_text())
+    for name, dataset in config["datasets"].items():
+        if dataset.get("local_path"):  # a manual download's folder (ImageNet's) must exist when the config is checked
+            dataset["local_path"] = str(tmp_path / "manual" / name)
+            Path(dataset["local_path"]).mkdir(parents=True)
+    (tmp_path / f"{experiment}.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / f"{experiment}.yaml"))
     jobs = planned_jobs(result.stdout)
     assert {rule: jobs.get(rule) for rule in expected} == expected
     assert "synthetic" not in result.stdout  # the study's datasets replace the default one

@@ -19,10 +19,13 @@ from pathlib import Path
 import yaml
 
 from camfaith import explainers, sweep
+from camfaith.data import own as own_data
+from camfaith.data import registry as dataset_registry
 from camfaith.data.registry import ground_truth as dataset_ground_truth
 from camfaith.explainers import ModelFacts, Settings
 from camfaith.metrics import METRICS as METRIC_NAMES
 from camfaith.metrics import PROTOCOLS, REGISTRY
+from camfaith.models import sources
 
 # The image of every rule under --sdm apptainer when a config replacing config/config.yaml
 # (--replace-workflow-config) names none: the Dockerfile built locally, as config/config.yaml says.
@@ -96,6 +99,8 @@ def load_schema(path: str | Path) -> dict:
     definitions = schema["definitions"]
     definitions["method_name"]["enum"] = list(explainers.names())
     definitions["protocol_name"]["enum"] = list(PROTOCOLS)
+    model_keys = definitions["model"]["properties"]["model"]["properties"]
+    model_keys["source"]["enum"] = list(sources.SOURCE_NAMES)
     schema["properties"]["metrics"]["properties"] = {name: metric.schema() for name, metric in REGISTRY.items()}
     per_dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]["metrics"]
     per_dataset["properties"] = {name: metric.schema(per_dataset=True) for name, metric in REGISTRY.items()}
@@ -136,6 +141,9 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
     config.setdefault("container", DEFAULT_CONTAINER)
     for dataset, entries in config["models"].items():
         for name, entry in entries.items():
+            check_model_source(entry, f"models.{dataset}.{name}")
+            if not sources.source_of(entry["model"]).trained_here:
+                continue
             published = (entry.get("model") or {}).get("head") == "published"
             if published and not entry["model"].get("weights"):
                 raise ConfigError(f"config models.{dataset}.{name}.model: head: published uses torchvision's weights as published; "
@@ -162,14 +170,21 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
     if not metrics:
         raise ConfigError("config metrics: enable at least one of " + ", ".join(METRIC_NAMES))
     check_datasets(config, metrics)
+    if config["explain"].get("images") == "ground_truth":
+        for name, dataset in config["datasets"].items():
+            if dataset_ground_truth(dataset) == "none":
+                raise ConfigError(f"config explain.images: ground_truth maps only the images with a mask or a box, and dataset {name} has "
+                                  f"none (datasets.{name}.ground_truth)")
     if model_cache is not None:
         check_models(config, Path(model_cache))
-    methods = {}
+    methods, left_out = {}, []
     for dataset, models in config["models"].items():
-        input_size = config["datasets"][dataset]["preprocessing"]["image_size"]
         for model, entry in models.items():
+            input_size = model_input_size(config, dataset, model)
             methods[(dataset, model)] = model_methods(config["explain"]["methods"], entry, dataset, model, input_size)
-    return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(_skips(config, methods, metrics)),
+            left_out += [Skip(dataset, model, method, metric, f"does not apply to this model: {reason}")
+                         for method, reason in inapplicable_defaults(config["explain"]["methods"], entry, input_size).items() for metric in metrics]
+    return Plan(methods=methods, grid_members=members, metrics=metrics, skips=tuple(left_out + _skips(config, methods, metrics)),
                 protocols=protocols(config["protocol"]), replicates=replicates,
                 protocol_methods={p: tuple(chosen) for p, chosen in (config.get("protocol_methods") or {}).items()})
 
@@ -181,10 +196,16 @@ def protocols(value: str | list[str]) -> tuple[str, ...]:
 
 
 def check_datasets(config: dict, metrics: tuple[str, ...]) -> None:
-    """What the schema cannot say about each dataset: split fractions summing to 1, AOPC regions
-    smaller than the images they perturb, a ground-truth metric's settings only on a dataset with
-    ground truth, and ``region: mask`` only where the dataset has masks."""
+    """What the schema cannot say about each dataset: only the keys its source reads
+    (:data:`camfaith.data.registry.SOURCE_KEYS`), a ``local_path`` and table file that exist, split
+    fractions summing to 1, AOPC regions smaller than the images they perturb, a ground-truth metric's
+    settings only on a dataset with ground truth, and ``region: mask`` only where the dataset has masks."""
     for name, dataset in config["datasets"].items():
+        try:
+            dataset_registry.check_source_keys(name, dataset)
+            own_data.check_dataset_paths(name, dataset)  # before the ground truth, which reads the table's header
+        except ValueError as error:
+            raise ConfigError(f"config {error}") from None
         kind = dataset_ground_truth(dataset)
         for metric in (m for m in REGISTRY.values() if m.ground_truth):
             own = (dataset.get("metrics") or {}).get(metric.name)
@@ -220,7 +241,7 @@ def check_models(config: dict, cache: Path) -> None:
     resolve its ``target_layer``, so a ``cut_after`` or layer name that does not exist is refused now,
     not after a training. Specs that passed are kept in ``cache`` (JSON), since importing torch and
     torchvision costs seconds; the key holds the spec, the input size, the torchvision version and a
-    hash of ``camfaith/models.py`` (which names the layers), so any of them changing checks again. A
+    hash of ``camfaith/models/builder.py`` (which names the layers), so any of them changing checks again. A
     cache that cannot be written (a read-only home in a container) only costs the check's time."""
     import hashlib
     import json
@@ -229,7 +250,7 @@ def check_models(config: dict, cache: Path) -> None:
     from camfaith.io import atomic_path, canonical_json
 
     versions = {"torchvision": metadata.version("torchvision"),
-                "models_py": hashlib.sha256(Path(util.find_spec("camfaith.models").origin).read_bytes()).hexdigest()[:16]}
+                "models_py": hashlib.sha256(Path(util.find_spec("camfaith.models.builder").origin).read_bytes()).hexdigest()[:16]}
     try:
         known = set(json.loads(cache.read_text())) if cache.is_file() else set()
     except (OSError, ValueError):  # unreadable or half-written by an older version: check again
@@ -238,7 +259,9 @@ def check_models(config: dict, cache: Path) -> None:
     for dataset, models in config["models"].items():
         size = config["datasets"][dataset]["preprocessing"]["image_size"]
         for model, entry in models.items():
-            spec = {k: v for k, v in entry["model"].items() if k != "weights"}  # weights change no layer name
+            if not sources.source_of(entry["model"]).trained_here:
+                continue  # a model brought from elsewhere is loaded and checked by its import job
+            spec = {k: v for k, v in entry["model"].items() if k not in ("weights", "source")}  # weights change no layer name
             key = canonical_json({"spec": spec, "input_size": size, **versions})
             if key not in known:
                 pending[key] = (f"models.{dataset}.{model}.model", spec, size)
@@ -264,14 +287,55 @@ def check_models(config: dict, cache: Path) -> None:
         pass  # the cache only saves time; the models were checked
 
 
+def check_model_source(entry: dict, where: str) -> None:
+    """A model entry's source-specific rules (:mod:`camfaith.models.sources`): the keys its source
+    reads, its checkpoint file, and no ``training``/``grid`` for a model camfaith does not train."""
+    try:
+        source = sources.source_of(entry["model"])
+    except ValueError as error:
+        raise ConfigError(f"config {where}.model.source: {error}") from None
+    problems = sources.check_model_config(entry["model"], f"{where}.model")
+    if problems:
+        raise ConfigError("\n  ".join(problems))
+    if not source.trained_here:
+        for key in ("training", "grid"):
+            if entry.get(key):
+                raise ConfigError(f"config {where}.{key}: a model of source {source.name} is loaded from its checkpoint, not trained "
+                                  f"(the train stage is skipped); remove {key}")
+
+
+def model_input_size(config: dict, dataset: str, model: str) -> int:
+    """The side in pixels a model's inputs have: its own ``model.preprocessing.image_size`` (a model
+    brought from elsewhere), else its dataset's ``preprocessing.image_size``."""
+    own = (config["models"][dataset][model]["model"].get("preprocessing") or {}).get("image_size")
+    return int(own) if own else int(config["datasets"][dataset]["preprocessing"]["image_size"])
+
+
+def inapplicable_defaults(defaults: list, entry: dict, input_size: int) -> dict[str, str]:
+    """The methods of ``explain.methods`` a model brought from elsewhere leaves out when it has no
+    ``methods:`` list of its own, because its source cannot run them (an ONNX model has no gradients, a
+    TorchScript file calls no hooks, an export has no nn.ReLU modules to guide), with the reason: they
+    are planned out and their table rows say why, instead of failing the config. (For a model camfaith
+    builds, such a method is a config error, as before.)"""
+    facts = ModelFacts.from_config(entry["model"], input_size)
+    if "methods" in entry or facts.built_here:
+        return {}
+    chosen = explainers.resolve_methods(defaults, "explain.methods")
+    gaps = {name: explainers.get(name).why_not(facts, settings) for name, settings in chosen.items()}
+    return {name: reason for name, reason in gaps.items() if reason}
+
+
 def model_methods(defaults: list, entry: dict, dataset: str, model: str, input_size: int) -> dict[str, Settings]:
     """The methods of one model with their settings: ``models.<d>.<m>.methods`` when given (a name
-    there takes its settings from ``explain.methods`` unless it gives its own), else ``explain.methods``.
-    A method that does not apply to the model is a :class:`ConfigError` naming both and the reason."""
+    there takes its settings from ``explain.methods`` unless it gives its own), else ``explain.methods``
+    less the methods the model's source cannot run (:func:`inapplicable_defaults`). A method that does
+    not apply to the model otherwise is a :class:`ConfigError` naming both and the reason."""
     try:
         shared = explainers.parse_methods(defaults, "explain.methods")
         where = f"models.{dataset}.{model}.methods" if "methods" in entry else "explain.methods"
         chosen = explainers.parse_methods(entry["methods"], where) if "methods" in entry else shared
+        skipped = inapplicable_defaults(defaults, entry, input_size)
+        chosen = {name: values for name, values in chosen.items() if name not in skipped}
         resolved = {}
         for name, values in chosen.items():
             inherited = not values and name in shared
@@ -283,7 +347,8 @@ def model_methods(defaults: list, entry: dict, dataset: str, model: str, input_s
     for name, settings in resolved.items():
         reason = explainers.get(name).why_not(facts, settings)
         if reason:
-            raise ConfigError(f"config: method {name!r} does not apply to models.{dataset}.{model} ({facts.arch}, head {facts.head}): "
+            kind = f"head {facts.head}" if facts.built_here else f"source {facts.source}"
+            raise ConfigError(f"config: method {name!r} does not apply to models.{dataset}.{model} ({facts.arch}, {kind}): "
                               f"{reason}. Remove it from that model's methods (models.{dataset}.{model}.methods) or change the model.")
     return resolved
 

@@ -26,6 +26,9 @@ from camfaith.explainers.base import Explainer, Probe, Settings
 
 MIB = 2**20
 ACTIVATION_SAFETY = 2.0
+# Activation bytes per input byte assumed for a model whose layers cannot be seen (TorchScript, ONNX):
+# ResNet50 at 224 px keeps about 40× its input in its largest layer input + output under no_grad
+OPAQUE_ACTIVATIONS = 64
 BLOCK_SHARE = 0.25  # at most this part of the budget holds the loaded block; the rest feeds forwards
 
 
@@ -82,14 +85,21 @@ def probe(model: nn.Module, sample: torch.Tensor, layer: nn.Module | None = None
             at_layer["bytes"] = _bytes(output)
             at_layer["channels"] = int(output.shape[1]) if torch.is_tensor(output) and output.dim() > 1 else 0
 
-    leaves = {m for m in model.modules() if not any(True for _ in m.children())}
-    handles = [m.register_forward_hook(record) for m in leaves | ({layer} if layer is not None else set())]
+    # A TorchScript module calls no Python hooks (registering one raises); an ONNX session is one leaf
+    # whose inside is not seen: for such opaque models the sizes are estimated from the input below.
+    leaves = {m for m in model.modules() if not any(True for _ in m.children()) and not isinstance(m, torch.jit.ScriptModule)}
+    hooked = leaves | ({layer} if layer is not None else set())
+    handles = [m.register_forward_hook(record) for m in hooked]
     try:
-        model(sample)
+        output = model(sample)
     finally:
         for handle in handles:
             handle.remove()
-    return Probe(image=_bytes(sample), peak=peak[0], after_layer=after[0], total=total[0],
+    image = _bytes(sample)
+    if not leaves or any(getattr(m, "camfaith_opaque", False) or isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        peak[0] = max(peak[0], OPAQUE_ACTIVATIONS * image)
+        total[0] = max(total[0], 2 * OPAQUE_ACTIVATIONS * image + _bytes(output))
+    return Probe(image=image, peak=peak[0], after_layer=after[0], total=total[0],
                  layer=at_layer["bytes"], plane=int(sample.shape[-2] * sample.shape[-1]), channels=at_layer["channels"])
 
 

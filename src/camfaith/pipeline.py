@@ -25,12 +25,18 @@ DEFAULT_DOWNLOAD_CACHE = Path("resources") / "downloads"
 
 
 def download(dataset: dict, out_dir: str | Path) -> None:
-    """Materialise the raw dataset in ``out_dir``. ``synthetic`` is generated from its seed; any
-    other source is a registry entry (:mod:`camfaith.data.registry`) whose archives are fetched,
-    verified and unpacked, and converted to images where the format needs it."""
+    """Materialise the raw dataset in ``out_dir``. ``synthetic`` is generated from its seed; ``folder``
+    and ``table`` (your own images) get only a ``manifest.json`` naming the folder they are read from in
+    place and its fingerprint (:func:`camfaith.data.own.write_manifest`); any other source is a
+    registry entry (:mod:`camfaith.data.registry`) whose archives are fetched, verified and unpacked,
+    and converted to images where the format needs it."""
+    from camfaith.data import own
+
     out_dir = Path(out_dir)
     if dataset.get("source") == "synthetic":
         _generate_synthetic(dataset, out_dir)
+    elif dataset.get("source") in own.OWN_SOURCES:
+        own.write_manifest(dataset, out_dir)
     else:
         _fetch_registered(dataset, out_dir)
 
@@ -84,12 +90,16 @@ def _fetch_registered(dataset: dict, out_dir: Path) -> None:
 
 
 def index(raw_dir: str | Path, params: dict, index_path: str | Path, quarantine_path: str | Path) -> None:
-    """Index ``raw_dir`` into Parquet; unreadable images go to the quarantine table (also Parquet)."""
+    """Index ``raw_dir`` into Parquet; unreadable images go to the quarantine table (also Parquet). The
+    images are read under :func:`camfaith.data.own.data_root` (``local_path`` for your own images),
+    with the adapter's options from ``params["adapter_options"]``."""
     from camfaith.data import index as index_stage
+    from camfaith.data.own import data_root
 
     declared = params.get("classes")
-    table, quarantine = index_stage.build_index(raw_dir, params["adapter"], params["max_quarantine_fraction"], declared,
-                                                params.get("ground_truth", "none"), params.get("ground_truth_scope", "all"))
+    table, quarantine = index_stage.build_index(data_root(raw_dir), params["adapter"], params["max_quarantine_fraction"], declared,
+                                                params.get("ground_truth", "none"), params.get("ground_truth_scope", "all"),
+                                                params.get("adapter_options"))
     write_table(quarantine, quarantine_path, {"raw_dir": str(raw_dir)})
     write_table(table, index_path, {"classes": index_stage.class_names(table, declared)})
 
@@ -136,7 +146,9 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
                                   ("train_loss", "val_loss", "val_balanced_accuracy", "lr", "seconds")}, "improved": pd.Series(dtype="bool")}),
                     history_path)
         return
-    tables = {name: ImageTable(raw_dir, select_split(table, splits, name), preprocessing) for name in ("train", "val")}
+    from camfaith.data.own import data_root
+
+    tables = {name: ImageTable(data_root(raw_dir), select_split(table, splits, name), preprocessing) for name in ("train", "val")}
     # The device type is part of the run: a CPU checkpoint has no AMP scaler state for a CUDA resume.
     key = fingerprint(spec, config, params["preprocessing"], sha256_file(index_path), sha256_file(split_path), device.type)
     log.info("training %s on %s (%d train / %d val images, %d classes)", spec.arch, device, len(tables["train"]), len(tables["val"]), len(classes))
@@ -147,11 +159,61 @@ def train_model(raw_dir: str | Path, index_path: str | Path, split_path: str | P
     Path(resume_path).unlink(missing_ok=True)
 
 
-def _test_table(raw_dir, index_path, split_path, preprocessing):
-    """The test split as an :class:`~camfaith.data.images.ImageTable`, in ``image_id`` order."""
-    from camfaith.data.images import ImageTable, select_split
+def import_model(raw_dir, index_path, params: dict, record_path, identity: dict) -> None:
+    """The import stage of a model brought from elsewhere (``params``: its ``model`` config, its
+    ``methods``, the dataset's ``preprocessing``): built from its source, matched to the index's
+    classes by name and checked (:func:`camfaith.models.own.import_model`) into ``record_path``."""
+    from camfaith.data import index as index_stage
+    from camfaith.models.own import import_model as import_own
 
-    return ImageTable(raw_dir, select_split(read_parquet(index_path), read_parquet(split_path), "test"), preprocessing)
+    table = read_parquet(index_path)
+    classes = read_table_metadata(index_path).get("classes") or index_stage.class_names(table)
+    where = f"models.{identity['dataset']}.{identity['model']}"
+    def locate(labels: set[str]) -> dict[str, list[str]]:
+        from camfaith.data.own import label_locations
+
+        return label_locations(raw_dir, labels)
+
+    import_own(params, list(classes), record_path, where, locate)
+
+
+def _test_table(raw_dir, index_path, split_path, preprocessing, image_ids: list[str] | None = None):
+    """The test split as an :class:`~camfaith.data.images.ImageTable`, in ``image_id`` order, its
+    images read under :func:`camfaith.data.own.data_root` of ``raw_dir``; with ``image_ids`` (a maps
+    file's: explain may map a part of the test split, ``explain.images``) only those, which must all
+    be test images (an error naming the maps file's stale ids otherwise)."""
+    from camfaith.data.images import ImageTable, select_split
+    from camfaith.data.own import data_root
+
+    rows = select_split(read_parquet(index_path), read_parquet(split_path), "test")
+    if image_ids is not None:
+        unknown = sorted(set(image_ids) - set(rows["image_id"].astype(str)))
+        if unknown:
+            raise ValueError(f"{len(unknown)} image(s) of the maps are not in the test split of {split_path} (e.g. {unknown[:3]}); re-run explain")
+        rows = rows[rows["image_id"].astype(str).isin(set(image_ids))].reset_index(drop=True)
+    return ImageTable(data_root(raw_dir), rows, preprocessing)
+
+
+def explained_images(rows: pd.DataFrame, which) -> pd.DataFrame:
+    """The test rows explain maps (``explain.images``): ``all``; ``ground_truth``, the images with a mask
+    or a box (a test set where few have one: ChestX-ray14 boxes 880 of 25,596); or ``{per_class: N,
+    seed: s}``, N images of each true class (all of a class with fewer), the N whose BLAKE2b hash of
+    (s, image id) is smallest: the same images whatever else the split holds. In ``image_id`` order."""
+    from camfaith.data.index import has_ground_truth
+    from camfaith.io import derive_seed
+
+    if which in (None, "all"):
+        return rows
+    if which == "ground_truth":
+        chosen = rows[[has_ground_truth(row) for _, row in rows.iterrows()]]
+        if chosen.empty:
+            raise ValueError("explain.images: ground_truth, but no test image has a mask or a box")
+        return chosen
+    if isinstance(which, dict) and "per_class" in which:
+        order = rows.assign(_rank=[derive_seed(int(which.get("seed", 0)), str(i), "explain.images") for i in rows["image_id"]])
+        picked = order.sort_values("_rank", kind="stable").groupby("label_index", sort=False).head(int(which["per_class"]))
+        return rows.loc[sorted(picked.index)]  # rows come in image_id order
+    raise ValueError(f"explain.images must be all, ground_truth or {{per_class: N, seed: s}}, got {which!r}")
 
 
 def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_path) -> None:
@@ -160,11 +222,13 @@ def evaluate(raw_dir, index_path, split_path, model_path, params: dict, scores_p
 
     from camfaith.data.images import Preprocessing
     from camfaith.evaluation import classification_scores
-    from camfaith.models import load_checkpoint, pick_device
+    from camfaith.models import pick_device
+    from camfaith.models.own import load_model
     from camfaith.training import predict
 
     device = pick_device(params.get("device", "auto"))
-    model, _, classes, prep = load_checkpoint(model_path, device)
+    loaded = load_model(model_path, device)
+    model, classes, prep = loaded.model, loaded.classes, loaded.preprocessing
     test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
     loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
     logits, labels, _ = predict(model, loader, device, params.get("amp", True))
@@ -184,19 +248,25 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
     from camfaith import explainers
     from camfaith.data.images import Preprocessing
     from camfaith.explainers.runtime import image_seeds, layer_for
-    from camfaith.models import autocast, load_checkpoint, memory_format, pick_device, weights_sha256
+    from camfaith.models import autocast, memory_format, pick_device, weights_sha256
+    from camfaith.models.own import load_model
     from camfaith.store import MapSet, finite_maps, write_maps
 
     explainer = explainers.get(method)
     settings = explainer.make_settings(params.get("settings"))
     device = pick_device(params.get("device", "auto"))
-    model, spec, classes, prep = load_checkpoint(model_path, device)
+    loaded = load_model(model_path, device)
+    model, classes, prep = loaded.model, loaded.classes, loaded.preprocessing
     layout = memory_format(params.get("memory_format"))
     model = model.to(memory_format=layout)
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # explainers differentiate inputs or activations, never weights
-    layer_name, layer = layer_for(explainer, model, spec.target_layer)
+    layer_name, layer = layer_for(explainer, model, loaded.target_layer)
     test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep))
+    chosen, test_total = explained_images(test.rows, params.get("images", "all")), len(test)
+    if len(chosen) < len(test):
+        log.info("explain.images %s: %d of the %d test images are mapped", params.get("images"), len(chosen), len(test))
+        test = _test_table(raw_dir, index_path, split_path, Preprocessing.from_config(prep), list(chosen["image_id"].astype(str)))
     loader = DataLoader(test, batch_size=params["batch_size"], num_workers=params.get("workers", 0), pin_memory=device.type == "cuda")
     target_mode = params.get("target", "label")
     if target_mode not in ("label", "predicted"):
@@ -225,9 +295,12 @@ def explain(raw_dir, index_path, split_path, model_path, method: str, params: di
                     "(attribute nonfinite_images), and every metric scores them NaN: %s", len(nonfinite), len(all_maps), method, nonfinite[:10])
     attrs = {**identity, "method": method, "resolution": explainer.resolution, "settings": settings.as_dict(),
              "map_shape": map_shape, "target_mode": target_mode, "classes": classes, "weights_sha256": weights_sha256(model),
-             "input_size": spec.input_size, "package_versions": package_versions(), "device": str(device), "nonfinite_images": nonfinite}
+             "input_size": loaded.input_size, "source": loaded.source, "package_versions": package_versions(), "device": str(device),
+             "nonfinite_images": nonfinite, "images": params.get("images", "all"), "test_images": test_total}
     if layer_name is not None:
         attrs["layer"] = layer_name
+        if getattr(layer, "camfaith_token_grid", None) is not None:
+            attrs["token_grid"] = list(layer.camfaith_token_grid)  # (prefix tokens, h, w): a transformer layer, where HiResCAM is not faithful
     if explainer.stochastic:
         attrs["seed"] = seed
     maps = MapSet(
@@ -252,19 +325,21 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
     from camfaith.explainers.runtime import image_seeds, layer_for
     from camfaith.metrics import common, resolve
     from camfaith.metrics import get as get_metric
-    from camfaith.models import load_checkpoint, memory_format, pick_device
+    from camfaith.models import memory_format, pick_device
+    from camfaith.models.own import load_model
     from camfaith.store import finite_maps, map_settings, read_maps
 
     settings = resolve(metric, params["settings"], params["protocol"], params.get("overrides"))
     device = pick_device(params.get("device", "auto"))
-    model, _, _, prep = load_checkpoint(model_path, device)
+    loaded = load_model(model_path, device)
+    model, prep = loaded.model, loaded.preprocessing
     layout = memory_format(settings.get("memory_format"))
     model = model.to(memory_format=layout)
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # scoring never needs parameter gradients
     preprocessing = Preprocessing.from_config(prep)
-    test = _test_table(raw_dir, index_path, split_path, preprocessing)
     maps = read_maps(maps_path)
+    test = _test_table(raw_dir, index_path, split_path, preprocessing, maps.image_ids)
     if test.image_ids != maps.image_ids:
         raise ValueError(f"{maps_path}: its image ids do not match the test split of {split_path}; re-run explain")
     chosen = common.select(maps.labels, maps.predictions, settings["images"])
@@ -349,7 +424,7 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
     maps_of = {method: read_maps(path) for method, path in maps_paths.items()}
     first = next(iter(maps_of.values()))
     size = int(first.attrs["input_size"])
-    test = _test_table(raw_dir, index_path, split_path, Preprocessing(size))
+    test = _test_table(raw_dir, index_path, split_path, Preprocessing(size), first.image_ids)
     # scope all: every image must have its ground truth (load_ground_truth names one that has not);
     # some: the images without (ChestX-ray14's unboxed ones) are not scored, and counted
     scope = params.get("ground_truth_scope", "all")
@@ -562,8 +637,10 @@ def overlay_figures(maps_paths: dict[str, str], score_paths: list, index_path, r
     (``disagreement_png``, ``disagreement_pdf``)."""
     from camfaith import aggregate as agg
     from camfaith import plots
+    from camfaith.data.own import data_root
 
     table = read_parquet(index_path)
+    raw_dir = data_root(raw_dir)  # where the index's paths point: local_path for your own images
     scores = agg.read_scores(score_paths) if score_paths else pd.DataFrame()
     plots.save(plots.overlays(maps_paths, table, raw_dir, params["examples"], params["image_size"], scores), out["png"], out["pdf"])
     figure = plots.disagreement(maps_paths, scores, table, raw_dir, params["examples"], params["image_size"], params.get("compare"))

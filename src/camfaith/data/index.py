@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from camfaith.data.adapters import ADAPTERS as DATASET_ADAPTERS
+from camfaith.data.own import folder_adapter, table_adapter
 from camfaith.data.pixels import image_problem
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,13 @@ def read_metadata_csv(root: Path) -> pd.DataFrame:
 
 
 # One adapter per on-disk layout: the generic metadata.csv one here, the published datasets' own in
-# camfaith.data.adapters.
-ADAPTERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+# camfaith.data.adapters, a researcher's own images (source folder, table) in camfaith.data.own. Each
+# takes the dataset folder and, for table, its options (build_index's adapter_options).
+ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "metadata_csv": read_metadata_csv,
     **DATASET_ADAPTERS,
+    "folder": folder_adapter,
+    "table": table_adapter,
 }
 
 
@@ -113,7 +117,7 @@ def ground_truth_problem(root: Path, row: pd.Series, kind: str, scope: str = "al
 
 def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
                 classes: list[str] | None = None, ground_truth: str = "none",
-                ground_truth_scope: str = "all") -> tuple[pd.DataFrame, pd.DataFrame]:
+                ground_truth_scope: str = "all", adapter_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Index the dataset under ``root``.
 
     Returns ``(index, quarantine)``: ``index`` has :data:`INDEX_COLUMNS` (``label_index`` follows the
@@ -125,12 +129,13 @@ def build_index(root: str | Path, adapter: str, max_quarantine_fraction: float,
     warning. Two images with the same ``image_id`` (``x.png`` and ``x.jpg``) are a ``ValueError``.
     With ``ground_truth`` ``mask`` or ``box`` an image whose ground truth is missing or invalid
     (:func:`ground_truth_problem`) is quarantined too, with the reason; with ``ground_truth_scope``
-    ``some`` only an image that has ground truth needs it valid.
+    ``some`` only an image that has ground truth needs it valid. ``adapter_options`` are passed to the
+    adapter as keywords (``table``'s ``table`` and ``columns``: :func:`camfaith.data.own.adapter_options`).
     """
     root = Path(root)
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown dataset adapter {adapter!r}; known: {sorted(ADAPTERS)}")
-    table = ADAPTERS[adapter](root)
+    table = ADAPTERS[adapter](root, **(adapter_options or {}))
     duplicated = table["path"][table["path"].duplicated()]
     if not duplicated.empty:
         raise ValueError(f"{root}: image path(s) listed twice: {sorted(duplicated)[:5]}")

@@ -233,8 +233,93 @@ DATASETS: dict[str, DatasetEntry] = {
 def entry(source: str) -> DatasetEntry:
     """The registry entry of ``source``; a clear error naming the known ones otherwise."""
     if source not in DATASETS:
-        raise ValueError(f"unknown dataset source {source!r}; known: {sorted(DATASETS)} (or 'synthetic')")
+        raise ValueError(f"unknown dataset source {source!r}; known: {sorted(DATASETS)} (or 'synthetic', 'folder', 'table')")
     return DATASETS[source]
+
+
+# A researcher's own images, read in place (camfaith.data.own): source folder (<local_path>/<class>/<image>)
+# and source table (a CSV or Parquet file of path, label, ...); each is read by the adapter of its name.
+OWN_SOURCES = ("folder", "table")
+
+
+@dataclass(frozen=True)
+class SourceKeys:
+    """What one kind of source reads from its dataset config: ``keys``, the source-specific keys it
+    reads (the others of :data:`SOURCE_SPECIFIC_KEYS` are refused), ``required`` among them,
+    ``adapters`` it accepts (None: any adapter of the published layouts), and ``does``, what it does,
+    in words, for the message that refuses a key it would ignore."""
+
+    keys: frozenset[str]
+    required: tuple[str, ...]
+    adapters: tuple[str, ...] | None
+    does: str
+
+
+# The one table of which source reads which dataset key; every key not listed here (preprocessing,
+# index, split, classes, ground_truth, ground_truth_scope, metrics, adapter) applies to every source.
+# Refusing the others matters: a key a source ignores (a local_path under source synthetic) would
+# otherwise pass validation and silently do nothing.
+SOURCE_KEYS: dict[str, SourceKeys] = {
+    "synthetic": SourceKeys(frozenset({"synthetic"}), (), ("metadata_csv",), "generates its images and reads no folder"),
+    "folder": SourceKeys(frozenset({"local_path"}), ("local_path",), ("folder",),
+                         "reads your images in place from the tree <local_path>/<class>/<image> and downloads nothing"),
+    "table": SourceKeys(frozenset({"local_path", "table", "columns"}), ("local_path",), ("table",),
+                        "reads your images in place from local_path, as its table: lists them, and downloads nothing"),
+    "registry": SourceKeys(frozenset({"local_path", "mirror", "cache_dir", "checksums", "retries"}), (), None,
+                           "downloads its registry entry's archives and reads them in the publisher's layout"),
+}
+
+# What each source-specific key is for: the second half of the message refusing it under a source that ignores it.
+SOURCE_SPECIFIC_KEYS: dict[str, str] = {
+    "synthetic": "synthetic: holds the generator's settings, read by source: synthetic only",
+    "local_path": "for your own images use source: folder (<local_path>/<class>/<image>) or source: table (a CSV or Parquet "
+                  "file of path, label; docs/datasets.md, 'Your own images')",
+    "mirror": "mirror, cache_dir, checksums and retries are settings of a registry source's download",
+    "cache_dir": "mirror, cache_dir, checksums and retries are settings of a registry source's download",
+    "checksums": "mirror, cache_dir, checksums and retries are settings of a registry source's download",
+    "retries": "mirror, cache_dir, checksums and retries are settings of a registry source's download",
+    "table": "table: and columns: name the file source: table reads and its columns; no other source reads them",
+    "columns": "table: and columns: name the file source: table reads and its columns; no other source reads them",
+}
+
+
+def source_kind(source: str) -> str:
+    """``synthetic``, ``folder``, ``table`` or ``registry``: the row of :data:`SOURCE_KEYS` a source follows."""
+    return source if source in SOURCE_KEYS else "registry"
+
+
+def default_adapter(source: str) -> str:
+    """The adapter a source is read with when its config names none: ``metadata_csv`` for the synthetic
+    set, ``folder``/``table`` for the own-image sources, else the registry entry's."""
+    if source == "synthetic":
+        return "metadata_csv"
+    if source in OWN_SOURCES:
+        return source
+    return entry(source).adapter
+
+
+def check_source_keys(name: str, dataset: dict) -> None:
+    """Refuse, as a ``ValueError`` naming ``datasets.<name>.<key>``, a source-specific key the dataset's
+    source ignores (saying what that source does and what the key is for), an adapter it cannot be
+    read with, and a required key it lacks (:data:`SOURCE_KEYS`)."""
+    source = dataset["source"]
+    kind = SOURCE_KEYS[source_kind(source)]
+    for key in SOURCE_SPECIFIC_KEYS:
+        if dataset.get(key) is not None and key not in kind.keys:  # a null key is harmless: it asks for nothing
+            raise ValueError(f"datasets.{name}.{key}: source {source} {kind.does}; {SOURCE_SPECIFIC_KEYS[key]}")
+    for key in kind.required:
+        if not dataset.get(key):
+            raise ValueError(f"datasets.{name}.{key}: source {source} needs {key}: the folder that holds your images "
+                             f"(relative paths are read from the working directory)")
+    adapter = dataset.get("adapter")
+    if adapter is None:
+        return
+    if kind.adapters is not None and adapter not in kind.adapters:
+        raise ValueError(f"datasets.{name}.adapter: source {source} is read with adapter {kind.adapters[0]}, not {adapter}; "
+                         f"remove adapter: (it defaults to {kind.adapters[0]})")
+    if kind.adapters is None and adapter in OWN_SOURCES:
+        raise ValueError(f"datasets.{name}.adapter: adapter {adapter} reads your own images (source: {adapter}, with local_path), "
+                         f"not a download of source {source}")
 
 
 GROUND_TRUTH_KINDS = ("mask", "box", "none")
@@ -256,12 +341,18 @@ def ground_truth_scope(dataset: dict) -> str:
 
 def ground_truth(dataset: dict) -> str:
     """What ground truth a dataset config has: its ``ground_truth:`` (``mask``, ``box`` or ``none``),
-    else ``mask`` for the synthetic set (every image has its object's mask and box), else its registry
-    entry's, else (a ``metadata_csv`` folder of the user's) ``none``."""
+    else ``mask`` for the synthetic set (every image has its object's mask and box), else for your own
+    images what their files hold (:func:`camfaith.data.own.detected_ground_truth`: a ``masks/`` folder
+    or mask column, else boxes), else its registry entry's, else (a ``metadata_csv`` folder of the
+    user's) ``none``."""
     if dataset.get("ground_truth"):
         return str(dataset["ground_truth"])
     if dataset.get("source") == "synthetic":
         return "mask"
+    if dataset.get("source") in OWN_SOURCES:
+        from camfaith.data.own import detected_ground_truth
+
+        return detected_ground_truth(dataset)
     if dataset.get("source") in DATASETS:
         return DATASETS[dataset["source"]].ground_truth
     return "none"

@@ -17,8 +17,13 @@ def _grouped_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, se
     """Boolean mask of a held-out part of about ``fraction`` of the rows, whole groups only.
 
     StratifiedGroupKFold with ``round(1/fraction)`` folds keeps class proportions as far as whole
-    groups allow; its first fold is the holdout.
+    groups allow; its first fold is the holdout. ``fraction`` 0 holds out nothing and 1 everything
+    (a dataset that is only a test set), where no number of folds would.
     """
+    if fraction <= 0:
+        return np.zeros(len(labels), dtype=bool)
+    if fraction >= 1:
+        return np.ones(len(labels), dtype=bool)
     n_splits = max(2, round(1 / fraction))
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
@@ -34,7 +39,9 @@ def assign_splits(index: pd.DataFrame, fractions: dict[str, float], seed: int, h
     """Assign every image of ``index`` to train/val/test.
 
     ``fractions`` holds ``train``, ``val``, ``test`` (summing to 1). Rows whose ``official_split`` is
-    ``train``/``val``/``test`` keep it; ``trainval`` rows are split into train and val. Returns a
+    ``train``/``val``/``test`` keep it; ``trainval`` rows are split into train and val. A fraction of 0
+    leaves its split empty and one of 1 takes every row not officially assigned (``test: 1``: a
+    dataset that is only a test set, for a model trained elsewhere). Returns a
     frame ``image_id, group, label, split`` sorted by ``image_id``; raises :class:`LeakageError`
     naming the groups if any group ends up in two splits.
     """
@@ -60,7 +67,8 @@ def assign_splits(index: pd.DataFrame, fractions: dict[str, float], seed: int, h
         remaining = remaining & split.isna()
     if not (split == "val").any() and remaining.any():
         rows = np.flatnonzero(remaining.to_numpy())
-        val_share = fractions["val"] / (fractions["train"] + fractions["val"])
+        train_and_val = fractions["train"] + fractions["val"]
+        val_share = fractions["val"] / train_and_val if train_and_val > 0 else 0.0
         held = _grouped_holdout(labels[rows], groups[rows], val_share, seed + 1)
         split.iloc[rows[held]] = "val"
     split[split.isna()] = "train"

@@ -79,6 +79,9 @@ class CentreSettings(Settings):
 
 
 def _gap_head_only(facts: ModelFacts, _settings: Settings) -> str | None:
+    if not facts.built_here:
+        return ("CAM reads the class weights of the GAP → Linear head camfaith builds (model source torchvision); on your own model "
+                "use Grad-CAM, which equals CAM / (h·w) on such a head (camfaith layers shows whether yours is one)")
     if facts.head == "gap":
         return None
     heads = {"flatten": "Conv → Flatten → Linear", "gap_dense": "GAP → Linear → ReLU → Linear, no single class-weight layer"}
@@ -87,6 +90,11 @@ def _gap_head_only(facts: ModelFacts, _settings: Settings) -> str | None:
 
 
 def _relu_only(facts: ModelFacts, _settings: Settings) -> str | None:
+    if not facts.modules:
+        return (f"Guided Backpropagation rewrites the backward pass of the model's nn.ReLU modules, and a model of source "
+                f"{facts.source} has no such modules: {facts.source_why}")
+    if not facts.built_here:
+        return None  # the import stage checks the network's own activations before any map is made
     activation = ACTIVATIONS.get(facts.arch, "unknown")
     if activation == "ReLU":
         return None

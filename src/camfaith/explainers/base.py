@@ -31,17 +31,35 @@ ACTIVATIONS = {
 @dataclass(frozen=True)
 class ModelFacts:
     """What a config says about a model, enough to decide whether a method applies to it (no model
-    is built): the architecture, the head (``flatten``, ``gap``, ``gap_dense``), the input side in
-    pixels and the configured target layer (None: the default)."""
+    is built): the architecture, the head (``flatten``, ``gap``, ``gap_dense``, ``published``; ``own``
+    for a model camfaith did not build), the input side in pixels, the configured target layer (None:
+    the default), and its source's capabilities (:mod:`camfaith.models.sources`): ``gradients``,
+    ``hooks`` and ``modules``, with ``source_why``, what they rest on, for the reasons given."""
 
     arch: str
     head: str
     input_size: int
     target_layer: str | None = None
+    source: str = "torchvision"
+    gradients: bool = True
+    hooks: bool = True
+    modules: bool = True
+    source_why: str = ""
 
     @classmethod
     def from_config(cls, model: dict, input_size: int) -> ModelFacts:
-        return cls(str(model["arch"]), str(model.get("head", "flatten")), int(input_size), model.get("target_layer"))
+        from camfaith.models.sources import describe, source_of
+
+        source = source_of(model)
+        if source.trained_here:
+            return cls(str(model["arch"]), str(model.get("head", "flatten")), int(input_size), model.get("target_layer"))
+        return cls(describe(model), "own", int(input_size), model.get("target_layer"), source.name, source.gradients, source.hooks,
+                   source.modules, source.why)
+
+    @property
+    def built_here(self) -> bool:
+        """Whether camfaith built the network (torchvision source), so its head and activations are known."""
+        return self.source == "torchvision"
 
 
 @dataclass(frozen=True)
@@ -199,8 +217,18 @@ class Explainer:
         return self.settings.from_config(values, where or f"explain.methods.{self.name}")
 
     def why_not(self, facts: ModelFacts, settings: Settings | None = None) -> str | None:
-        """None when the method applies to the model ``facts`` describes; else the reason."""
-        return self.applies(facts, settings if settings is not None else self.settings())
+        """None when the method applies to the model ``facts`` describes; else the reason: first what
+        the model's source cannot do (:meth:`capability_gap`), then the method's own rule."""
+        return self.capability_gap(facts) or self.applies(facts, settings if settings is not None else self.settings())
+
+    def capability_gap(self, facts: ModelFacts) -> str | None:
+        """Why the model's source cannot run this method at all (no gradients, no hooks), or None."""
+        if self.needs_grad and not facts.gradients:
+            return f"{self.title} differentiates the model, and a model of source {facts.source} cannot be: {facts.source_why}"
+        if self.layer is not None and not facts.hooks:
+            return (f"{self.title} reads the target layer's activations through a forward hook, and a model of source {facts.source} "
+                    f"calls none: {facts.source_why}")
+        return None
 
     def explain(self, model, layer, images, targets, settings: Settings, seeds: Sequence[int]):
         """Raw maps ``[N, h, w]`` (float32) of ``images [N, C, H, W]`` for ``targets [N]``; ``seeds``

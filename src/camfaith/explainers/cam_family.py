@@ -80,15 +80,27 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return tuple(methods)
 
 
+def as_grid(tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """A layer's output as ``[N, F, h, w]``: as it is for a convolution; for a vision transformer's
+    tokens ``[N, prefix + h·w, C]`` (the layer carries ``camfaith_token_grid = (prefix, h, w)``, set
+    when the model is loaded) the prefix tokens (class, register) are dropped and the patch tokens laid
+    on their grid, ``[N, C, h, w]`` — pytorch-grad-cam's ``reshape_transform`` for ViTs."""
+    grid = getattr(layer, "camfaith_token_grid", None)
+    if grid is None or tensor.dim() != 3:
+        return tensor
+    prefix, height, width = grid
+    return tensor[:, prefix:, :].reshape(tensor.shape[0], height, width, tensor.shape[2]).permute(0, 3, 1, 2)
+
+
 def activations_and_gradients(model: nn.Module, layer: nn.Module, images: torch.Tensor,
                               targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward of ``images [N, C, H, W]`` and one backward from the target scores to ``layer``.
 
     ``targets [N]`` are class indices; ``None`` explains each image's predicted class. Returns
     ``(A, G, logits, targets)``: ``A`` and ``G = ∂(Σ_n s_n,target_n)/∂A`` of shape ``[N, F, h, w]``
-    (detached), ``logits [N, K]`` and the targets used. Samples do not interact in eval mode, so the
-    gradient of the summed scores is each sample's own. Everything before ``layer`` runs without
-    autograd; no parameter ``.grad`` is touched. ``model`` must be in eval mode.
+    (detached; a transformer layer's tokens laid on their grid, :func:`as_grid`), ``logits [N, K]``
+    and the targets used. Samples do not interact in eval mode, so the gradient of the summed scores
+    is each sample's own. Everything before ``layer`` runs without autograd; no parameter ``.grad`` is touched. ``model`` must be in eval mode.
     """
     require_eval(model)
     captured: dict[str, torch.Tensor] = {}
@@ -109,8 +121,8 @@ def activations_and_gradients(model: nn.Module, layer: nn.Module, images: torch.
         logits = model(images)
         if "A" not in captured:
             raise RuntimeError("the target layer was not called during the forward pass")
-        if captured["A"].dim() != 4:
-            raise ValueError(f"target layer output must be [N, F, h, w], got {tuple(captured['A'].shape)}")
+        if as_grid(captured["A"], layer).dim() != 4:
+            raise ValueError(f"target layer output must be [N, F, h, w] (or a transformer's tokens on a grid), got {tuple(captured['A'].shape)}")
         if targets is None:
             targets = logits.detach().argmax(dim=1)
         scores = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
@@ -118,7 +130,7 @@ def activations_and_gradients(model: nn.Module, layer: nn.Module, images: torch.
     finally:
         handle.remove()
         torch.set_grad_enabled(previous_grad_mode)
-    return captured["A"].detach(), gradients.detach(), logits.detach(), targets
+    return as_grid(captured["A"].detach(), layer), as_grid(gradients.detach(), layer), logits.detach(), targets
 
 
 def require_eval(model: nn.Module) -> None:

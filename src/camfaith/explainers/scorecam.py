@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from camfaith.explainers.base import Footprint, Probe
-from camfaith.explainers.cam_family import require_eval
+from camfaith.explainers.cam_family import as_grid, require_eval
 
 MASK_EPS = 1e-8
 
 
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The output ``[N, K, h, w]`` of ``layer`` for ``images``, from one forward."""
+    """The output ``[N, K, h, w]`` of ``layer`` for ``images``, from one forward (a transformer's tokens on their grid)."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -45,7 +45,7 @@ def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> to
         handle.remove()
     if "A" not in captured:
         raise RuntimeError("the target layer was not called during the forward pass")
-    return captured["A"]
+    return as_grid(captured["A"], layer)
 
 
 @torch.no_grad()

@@ -20,14 +20,11 @@ import torch
 import torchvision
 from torch import nn
 
-RESNETS = ("resnet18", "resnet34", "resnet50")
-VGGS = ("vgg11", "vgg16", "vgg19")
-# Networks whose trunk is a ``features`` Sequential followed by a classifier (cut and re-headed like VGG).
-FEATURE_NETS = ("efficientnet_b0", "densenet121")
-ARCHS = RESNETS + VGGS + FEATURE_NETS
-# published: the network as torchvision publishes it, its own classifier and classes (ImageNet's 1,000),
-# used as it is (the train stage trains nothing): the KTH reproduction's pretrained VGG16 and ResNet50
-HEADS = ("flatten", "gap", "gap_dense", "published")
+# The architectures and heads of the torchvision source: defined once, in camfaith.models.sources
+# (read when the workflow plans, without torch); ``published`` is torchvision's network with its own
+# classifier and classes (ImageNet's 1,000), used as it is: the KTH reproduction's pretrained VGG16 and ResNet50
+from camfaith.models.sources import ARCHS, FEATURE_NETS, HEADS, RESNETS, VGGS  # noqa: E402, F401
+
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 CHECKPOINT_FORMAT = "camfaith.model/1"
 
@@ -54,6 +51,9 @@ class ModelSpec:
     @classmethod
     def from_config(cls, config: dict, num_classes: int, input_size: int) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)} - {"num_classes", "input_size"}
+        if config.get("source", "torchvision") != "torchvision":
+            raise ValueError(f"a model of source {config['source']} is not built by camfaith.models.build_model")
+        config = {key: value for key, value in config.items() if key != "source"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown model key(s) {unknown}; known: {sorted(known)}")
@@ -237,25 +237,38 @@ def _resnet_trunk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.layer4(model.layer3(model.layer2(model.layer1(x))))
 
 
+def layer_root(model: nn.Module) -> nn.Module:
+    """The module whose ``named_modules`` names the layers a config refers to: the user's own network
+    inside camfaith's wrapper (:class:`camfaith.models.own.OwnModel`), else the model itself."""
+    return getattr(model, "camfaith_inner", model)
+
+
 def default_target_layer(model: nn.Module) -> str:
     """Name of the last ``nn.Conv2d`` in module order (the study's target layer); for EfficientNet and
-    DenseNet the last ``features`` module (the activated output the head sees, as Grad-CAM users pick)."""
+    DenseNet the last ``features`` module (the activated output the head sees, as Grad-CAM users pick);
+    for a model loaded from elsewhere, the layer its import chose (a vision transformer: the first
+    LayerNorm of its last block, where the patch tokens still reach the class token)."""
     if getattr(model, "camfaith_target", None):
         return model.camfaith_target
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    names = [name for name, module in layer_root(model).named_modules() if isinstance(module, nn.Conv2d)]
     if not names:
-        raise ValueError("model has no Conv2d layer to explain")
+        raise ValueError("model has no Conv2d layer to explain; name one with model.target_layer (camfaith layers lists them)")
     return names[-1]
 
 
 def resolve_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the target layer; ``None`` means :func:`default_target_layer`."""
+    """``(name, module)`` of the target layer; ``None`` means :func:`default_target_layer`. Names are
+    those of the user's own network for a wrapped model (:func:`layer_root`)."""
     name = name or default_target_layer(model)
-    modules = dict(model.named_modules())
+    modules = dict(layer_root(model).named_modules())
     if name not in modules:
         convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-5:]
-        raise KeyError(f"target layer {name!r} not found in the model; its last conv layers are {convs}")
-    return name, modules[name]
+        raise KeyError(f"target layer {name!r} not found in the model; its last conv layers are {convs} (camfaith layers lists every module)")
+    module = modules[name]
+    grid = getattr(model, "camfaith_token_grids", {}).get(name)
+    if grid is not None:
+        module.camfaith_token_grid = grid  # the explainers reshape this layer's [N, prefix + h·w, C] tokens to [N, C, h, w]
+    return name, module
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, classes: list[str], preprocessing: dict, extra: dict | None = None) -> None:
