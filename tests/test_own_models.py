@@ -303,3 +303,11 @@ def test_explain_images_maps_all_the_ground_truth_ones_or_a_seeded_few_per_class
     assert larger.equals(rows)  # a class with fewer images gives all of them
     with pytest.raises(ValueError, match="no test image has a mask or a box"):
         explained_images(boxed.assign(mask_path=None, bbox_x0=None), "ground_truth")
+
+
+def test_a_test_only_dataset_with_a_model_trained_here_is_refused():
+    config = configuration.merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), {})
+    config["datasets"]["synthetic"]["split"]["fractions"] = {"train": 0, "val": 0, "test": 1}
+    with pytest.raises(configuration.ConfigError, match=r"config datasets\.synthetic\.split\.fractions\.train: 0, but models\.synthetic\.resnet18 "
+                                                        r"is trained here and needs train and val images"):
+        configuration.prepare(config, SCHEMA, None)

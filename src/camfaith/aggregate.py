@@ -26,12 +26,13 @@ CELL = ["dataset", "model", "metric", "parameter", "parameter_value"]
 def read_scores(paths: list[str | Path]) -> pd.DataFrame:
     """All score files concatenated (same schema, see docs/formats.md). ``attrs["left_out"]`` maps
     ``(dataset, model, method, metric)`` to the file's ``images_left_out`` (images the metric did
-    not select, e.g. the misclassified ones)."""
+    not select, e.g. the misclassified ones); ``attrs["token_layers"]`` maps ``(dataset, model)`` to the
+    transformer layer its layer methods read, where a score file says so (``token_grid``)."""
     from camfaith.store import read_table_metadata
 
     if not paths:
         return pd.DataFrame()
-    frames, left_out, accuracy = [], {}, {}
+    frames, left_out, accuracy, token_layers = [], {}, {}, {}
     for path in paths:
         frame = read_parquet(path)
         frames.append(frame)
@@ -43,11 +44,14 @@ def read_scores(paths: list[str | Path]) -> pd.DataFrame:
                     left_out[(identity[0], identity[1], method, identity[3])] = int(counts["images_left_out"])
                 continue
             left_out[identity] = int(meta.get("images_left_out", meta.get("images_total", 0) - meta.get("images_selected", 0)))
+            if meta.get("token_grid"):
+                token_layers[identity[:2]] = str(meta.get("layer"))
             if identity[3] == "haas":
                 accuracy[identity[:3]] = str((meta.get("settings") or {}).get("accuracy", "plain"))
     scores = pd.concat(frames, ignore_index=True)
     scores.attrs["left_out"] = left_out
     scores.attrs["haas_accuracy"] = accuracy
+    scores.attrs["token_layers"] = token_layers
     return scores
 
 
@@ -254,12 +258,12 @@ def grid_label(scores: pd.DataFrame) -> dict[tuple[str, str, float], str]:
 
 
 def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, skipped: list[dict] | None = None,
-                      decimals: int = 2) -> str:
+                      decimals: int = 2, notes: dict[tuple[str, str], str] | None = None) -> str:
     """One metric as Markdown: a section per dataset / model, a row per method (in registry order,
     controls last, each named by its registry title), a column per parameter value (AOPC's region
     size with its grid, Max-Sensitivity's radius; one column for HAAS), the best mean of each column
     in bold. A method the metric left out gets a row that says "not run" and why (``skipped``:
-    dicts with ``dataset, model, method, metric, reason``)."""
+    dicts with ``dataset, model, method, metric, reason``); ``notes`` holds a paragraph under a model's heading."""
     from camfaith import explainers
 
     part = table[table["metric"] == metric] if not table.empty else table
@@ -272,7 +276,8 @@ def markdown_by_model(table: pd.DataFrame, metric: str, parameter_label: str, sk
         # AOPC: the coarsest grid first, as the study's tables (largest regions first); radii ascending
         values = sorted(cells["parameter_value"].dropna().unique(), reverse=REGISTRY[metric].descending) or [np.nan]
         header = [parameter_label] + [_column_label(cells, v) for v in values] + ["images"]
-        lines = [f"## {dataset} / {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        note = (notes or {}).get((dataset, model))
+        lines = [f"## {dataset} / {model}", "", *([note, ""] if note else []), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         reasons = {s["method"]: s["reason"] for s in left_out if (s["dataset"], s["model"]) == (dataset, model)}
         methods = sorted(set(cells["method"]) | set(reasons), key=lambda m: (explainers.get(m).is_control, order.get(m, len(order))))
         for method in methods:

@@ -170,6 +170,14 @@ def prepare(config: dict, schema_path: str | Path, model_cache: str | Path | Non
     if not metrics:
         raise ConfigError("config metrics: enable at least one of " + ", ".join(METRIC_NAMES))
     check_datasets(config, metrics)
+    for dataset, models in config["models"].items():
+        fractions = config["datasets"][dataset]["split"]["fractions"]
+        empty = [part for part in ("train", "val") if fractions[part] == 0]
+        trained = [name for name, entry in models.items() if sources.source_of(entry["model"]).trained_here
+                   and entry["model"].get("head") != "published"]
+        if empty and trained and config["datasets"][dataset]["source"] != "table":  # a table's split column may assign them
+            raise ConfigError(f"config datasets.{dataset}.split.fractions.{empty[0]}: 0, but models.{dataset}.{trained[0]} is trained here "
+                              f"and needs {' and '.join(empty)} images; a test-only dataset suits models brought from elsewhere (docs/models.md)")
     if config["explain"].get("images") == "ground_truth":
         for name, dataset in config["datasets"].items():
             if dataset_ground_truth(dataset) == "none":

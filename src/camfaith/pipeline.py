@@ -7,6 +7,7 @@ These are the seams later work plugs into: a new dataset source is a registry en
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -393,6 +394,7 @@ def score(raw_dir, index_path, split_path, model_path, maps_path, metric: str, p
                 "images_left_out": left_out, "maps_degenerate": degenerate,
                 "images_total": len(maps.image_ids), "weights_sha256": str(maps.attrs["weights_sha256"]),
                 "layer": str(maps.attrs["layer"]) if "layer" in maps.attrs else None, "resolution": str(maps.attrs["resolution"]),
+                "token_grid": json.loads(str(maps.attrs["token_grid"])) if "token_grid" in maps.attrs else None,
                 "explainer_settings": explainer_settings.as_dict(), "device": str(device), "memory_plan": plan.as_dict(),
                 "package_versions": package_versions()}
     write_table(frame, scores_path, metadata)
@@ -475,6 +477,11 @@ def score_ground_truth(raw_dir, index_path, split_path, maps_paths: dict[str, st
     write_table(frame, scores_path, metadata)
 
 
+# Under a model whose layer methods read a transformer block (docs/models.md, "Vision transformers")
+TOKEN_NOTE = ("The layer methods read {layer}, a transformer block: its tokens are laid on their patch grid, the class token dropped. "
+              "HiResCAM's identity (its map sums to the score, less the bias) does not hold there, so HiResCAM is not faithful by "
+              "construction on this model; `camfaith layers` measures the residual.")
+
 # How the Markdown tables mark a winner (docs/statistics.md)
 BOLD_RULE = ("In bold: the best mean of a column, where that method is better than every other method of the column by the "
              "Holm-corrected paired test (paired_tests.csv); no bold means the methods cannot be told apart.")
@@ -512,12 +519,13 @@ def aggregate_tables(score_paths: list, eval_paths: list, eval_identities: list[
     from camfaith.metrics import REGISTRY
 
     texts = {"classification_md": "# Classification (test split)\n\n" + agg.markdown_table(classification)}
+    model_notes = {key: TOKEN_NOTE.format(layer=layer) for key, layer in scores.attrs.get("token_layers", {}).items()} if not scores.empty else {}
     for name, metric in REGISTRY.items():
         columns = f"Columns: {metric.column}; cells: mean [95% bootstrap CI] over the scored images. " if metric.parameter else ""
         ground_truth = ("Ground truth: each dataset's masks, or its boxes where it has none (docs/metrics.md §9); a dataset without "
                         "ground truth has rows that say so. " if metric.ground_truth else "")
         texts[f"{name}_md"] = (f"# {metric.heading}\n\n{metric.note + ' ' if metric.note else ''}{columns}{ground_truth}{BOLD_RULE} {IMAGES_RULE}"
-                               f"\n\n" + agg.markdown_by_model(summary, name, "method", skipped))
+                               f"\n\n" + agg.markdown_by_model(summary, name, "method", skipped, notes=model_notes))
         per_class = agg.per_class_markdown(scores, name, classes) if metric.ground_truth and not scores.empty else ""
         if per_class:
             texts[f"{name}_md"] += ("\n## Per class\n\nThe mean per true class (columns: the class and its images with a value), "
